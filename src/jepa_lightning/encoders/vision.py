@@ -1,0 +1,188 @@
+"""The frozen vision X-encoder over ``transformers`` vision backbones."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from transformers.image_processing_base import ImageProcessingMixin
+
+from jepa_lightning.encoders.base import EncoderOutput, ModalityEncoder, SampleCodec
+from jepa_lightning.encoders.hf import ModelSource, build_model
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _processor_mean_std(source: ModelSource) -> tuple[list[float], list[float]] | None:
+    """Reads ``image_mean``/``image_std`` from a pretrained source's processor config."""
+    if not isinstance(source, str):
+        return None
+    try:
+        config, _ = ImageProcessingMixin.get_image_processor_dict(source)
+    except OSError:
+        return None
+    if "image_mean" in config and "image_std" in config:
+        return list(config["image_mean"]), list(config["image_std"])
+    return None
+
+
+@dataclass(frozen=True)
+class ImageCodec:
+    """Decodes image bytes, resizes the shorter side and centre-crops to a square.
+
+    Args:
+        image_size: Side of the square output.
+    """
+
+    image_size: int
+    extensions: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
+
+    def decode(self, data: bytes) -> Tensor:
+        """Decodes one image.
+
+        Args:
+            data: Encoded image bytes.
+
+        Returns:
+            ``(3, image_size, image_size)`` ``uint8`` tensor.
+
+        Raises:
+            PIL.UnidentifiedImageError: If the bytes are not a readable image.
+            OSError: If the image is truncated.
+        """
+        with Image.open(io.BytesIO(data)) as image:
+            image = image.convert("RGB")
+            width, height = image.size
+            scale = self.image_size / min(width, height)
+            resized = (
+                max(self.image_size, round(width * scale)),
+                max(self.image_size, round(height * scale)),
+            )
+            if resized != image.size:
+                image = image.resize(resized, Image.Resampling.BICUBIC)
+            left = (resized[0] - self.image_size) // 2
+            top = (resized[1] - self.image_size) // 2
+            image = image.crop((left, top, left + self.image_size, top + self.image_size))
+            array = np.asarray(image, dtype=np.uint8)
+        return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+    def collate(self, items: Sequence[Tensor]) -> Tensor:
+        """Stacks decoded images into ``(B, 3, image_size, image_size)``."""
+        return torch.stack(list(items))
+
+
+class VisionEncoder(ModalityEncoder):
+    """A ``transformers`` vision backbone that turns images into patch tokens.
+
+    Supports V-JEPA 2 (``VJEPA2Model``: a still image is a one-frame clip, which
+    the model repeats to fill its first tubelet) and generic vision backbones
+    (ViT, DINOv2, SigLIP/CLIP vision towers). Prefix tokens (CLS, registers)
+    are dropped: the output is the ``grid_size`` patch tokens, row-major.
+
+    Images arrive as ``uint8`` tensors ``(B, 3, H, W)`` already resized to
+    :attr:`image_size`; normalisation happens here, on the model's device.
+
+    Args:
+        model: A hub name or local folder (pretrained) or a config dict with
+            ``model_type`` (random init, for tests and offline use).
+        frozen: Freeze the backbone (the VL-JEPA default).
+        image_mean: Per-channel normalisation mean; default: the pretrained
+            processor's, else ImageNet's.
+        image_std: Per-channel normalisation std, as ``image_mean``.
+        lr_multiplier: Learning-rate scale when not frozen.
+
+    Raises:
+        ValueError: If the backbone has no square ``image_size`` it can report.
+    """
+
+    def __init__(
+        self,
+        model: ModelSource,
+        frozen: bool = True,
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+        lr_multiplier: float = 1.0,
+    ) -> None:
+        super().__init__(frozen=frozen, lr_multiplier=lr_multiplier)
+        self.source = model
+        hf_model = build_model(model)
+        config = hf_model.config
+        self.is_video_model = config.model_type == "vjepa2"
+        if self.is_video_model:
+            # Only the encoder is used; the V-JEPA 2 predictor would waste memory.
+            self.backbone = hf_model.encoder
+            image_size = config.crop_size
+        else:
+            self.backbone = getattr(hf_model, "vision_model", hf_model)
+            config = getattr(config, "vision_config", config)
+            image_size = config.image_size
+        if not isinstance(image_size, int):
+            raise ValueError(f"vision encoder needs a square int image_size, got {image_size}")
+        patch_size = config.patch_size
+        self.image_size = image_size
+        self.grid_size = (image_size // patch_size, image_size // patch_size)
+        self._output_dim = int(config.hidden_size)
+        defaults = _processor_mean_std(model) or (IMAGENET_MEAN, IMAGENET_STD)
+        mean = torch.tensor(image_mean if image_mean is not None else defaults[0])
+        std = torch.tensor(image_std if image_std is not None else defaults[1])
+        self.register_buffer("image_mean", mean.view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", std.view(1, 3, 1, 1), persistent=False)
+        self.freeze_parameters()
+
+    @property
+    def output_dim(self) -> int:
+        """Hidden width of the backbone."""
+        return self._output_dim
+
+    @property
+    def num_tokens(self) -> int:
+        """Number of patch tokens per image."""
+        return self.grid_size[0] * self.grid_size[1]
+
+    def codec(self) -> SampleCodec:
+        """An :class:`ImageCodec` at this encoder's image size."""
+        return ImageCodec(self.image_size)
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """Converts ``uint8`` images to normalised floats.
+
+        Args:
+            images: ``(B, 3, H, W)`` ``uint8`` (or float in ``[0, 1]``) images.
+
+        Returns:
+            ``(B, 3, H, W)`` float images, normalised with the encoder's mean/std.
+        """
+        pixels = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        return (pixels - self.image_mean) / self.image_std
+
+    def encode(self, inputs: Tensor) -> EncoderOutput:
+        """Encodes a batch of images.
+
+        Args:
+            inputs: ``(B, 3, H, W)`` images at :attr:`image_size`.
+
+        Returns:
+            Patch tokens ``(B, grid_h * grid_w, output_dim)``; the mask is all ``True``.
+
+        Raises:
+            ValueError: If the images are not ``(B, 3, image_size, image_size)``.
+        """
+        if inputs.dim() != 4 or tuple(inputs.shape[1:]) != (3, self.image_size, self.image_size):
+            raise ValueError(
+                f"vision encoder expects images (B, 3, {self.image_size}, {self.image_size}), "
+                f"got {tuple(inputs.shape)}"
+            )
+        pixels = self.normalize(inputs)
+        if self.is_video_model:
+            hidden = self.backbone(pixel_values_videos=pixels.unsqueeze(1)).last_hidden_state
+        else:
+            hidden = self.backbone(pixel_values=pixels).last_hidden_state
+        tokens = hidden[:, hidden.shape[1] - self.num_tokens :]
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return EncoderOutput(tokens, mask)

@@ -1,0 +1,383 @@
+"""VL-JEPA: predict the caption's embedding from frozen visual tokens, with InfoNCE."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
+from torch import Tensor, nn
+
+from jepa_lightning.data.collate import PairCollator, batch_size_of
+from jepa_lightning.encoders.base import ModalityEncoder
+from jepa_lightning.encoders.hf import ModelSource
+from jepa_lightning.encoders.text import TextEncoder, masked_mean
+from jepa_lightning.losses import InfoNCELoss, MaskedTokenInfoNCELoss
+from jepa_lightning.masking import MultiBlockMaskGenerator
+from jepa_lightning.metrics import CrossModalRecall
+from jepa_lightning.predictor import DEFAULT_PREDICTOR_LM, Predictor
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """Learning-rate factor: linear warmup, then cosine decay to ``min_lr_ratio``.
+
+    Args:
+        step: The optimizer step.
+        warmup_steps: Steps of linear warmup from 0.
+        total_steps: Steps of the whole schedule.
+        min_lr_ratio: Final factor.
+
+    Returns:
+        The factor to multiply each group's base learning rate by.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class VLJEPA(LightningModule):
+    """VL-JEPA: a frozen X-encoder, a trainable Y-encoder and a bidirectional predictor.
+
+    The predictor reads the X-encoder's visual tokens (and an optional query)
+    and predicts the caption's embedding ``ŝ``; the Y-encoder embeds the
+    caption as ``s``. Two objectives, weighted:
+
+    * ``caption``: symmetric InfoNCE between ``ŝ`` and ``s`` with a learnable
+      temperature and negatives gathered from all ranks.
+    * ``masked``: multi-block masks hide visual tokens; from the visible ones
+      and the caption's token embeddings, the predictor predicts the frozen
+      encoder's layer-normed tokens at the hidden positions (token-level InfoNCE).
+
+    For retrieval, an image embeds as ``ŝ`` with no query and a text as ``s``,
+    both L2-normalised.
+
+    Args:
+        vision_encoder: The X-encoder (frozen, normally); it must report
+            ``grid_size`` (its token grid) for the masked objective.
+        text_encoder: The Y-encoder; its tokenizer also tokenises queries.
+        embed_dim: Width ``D`` of the shared embedding space.
+        predictor_lm: Source of the predictor's transformer (hub name, folder,
+            or config dict of a Llama-style LM).
+        predictor_layers: Keep the LM's last this-many layers; default all.
+        caption_weight: Weight of the caption InfoNCE objective.
+        masked_weight: Weight of the masked visual-token objective.
+        masking: Keyword arguments of the multi-block mask generator.
+        init_temperature: Initial InfoNCE temperature (``logit_scale = log(1/T)``).
+        masked_temperature: Fixed temperature of the masked-token InfoNCE.
+        lr: Peak learning rate (scaled per encoder by its ``lr_multiplier``).
+        weight_decay: AdamW weight decay (none on biases, norms and temperature).
+        betas: AdamW betas.
+        warmup_steps: Linear warmup steps.
+        min_lr_ratio: Final learning rate as a fraction of the peak.
+        recall_top_k: The k of the validation recall@k.
+        gradient_checkpointing: Recompute predictor and Y-encoder activations
+            in backward (non-reentrant).
+
+    Raises:
+        ValueError: If both objective weights are zero or one is negative.
+    """
+
+    def __init__(
+        self,
+        vision_encoder: ModalityEncoder,
+        text_encoder: TextEncoder,
+        embed_dim: int = 256,
+        predictor_lm: ModelSource = DEFAULT_PREDICTOR_LM,
+        predictor_layers: int | None = None,
+        caption_weight: float = 1.0,
+        masked_weight: float = 0.0,
+        masking: dict[str, Any] | None = None,
+        init_temperature: float = 0.07,
+        masked_temperature: float = 0.1,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.98),
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.01,
+        recall_top_k: tuple[int, ...] = (1, 5, 10),
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if caption_weight < 0 or masked_weight < 0 or caption_weight + masked_weight == 0:
+            raise ValueError(
+                "caption_weight and masked_weight must be >= 0 and not both 0, "
+                f"got caption_weight={caption_weight}, masked_weight={masked_weight}"
+            )
+        # Under LightningCLI the encoders' class_path configs are saved (so that
+        # load_from_checkpoint rebuilds them); module objects never are.
+        self.save_hyperparameters(ignore=[] if _under_cli() else ["vision_encoder", "text_encoder"])
+        self.vision_encoder = vision_encoder
+        self.text_encoder = text_encoder
+        num_visual_tokens = self._num_visual_tokens()
+        self.predictor = Predictor(
+            visual_dim=vision_encoder.output_dim,
+            query_dim=text_encoder.output_dim,
+            output_dim=embed_dim,
+            num_visual_tokens=num_visual_tokens,
+            lm=predictor_lm,
+            num_layers=predictor_layers,
+            gradient_checkpointing=gradient_checkpointing,
+        )
+        if gradient_checkpointing and not text_encoder.frozen:
+            text_encoder.model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        self.text_projection = nn.Linear(text_encoder.output_dim, embed_dim)
+        self.caption_loss = InfoNCELoss(init_temperature=init_temperature)
+        self.masked_loss = MaskedTokenInfoNCELoss(temperature=masked_temperature)
+        self.mask_generator: MultiBlockMaskGenerator | None = None
+        self.masked_head: nn.Linear | None = None
+        if masked_weight > 0:
+            grid = getattr(vision_encoder, "grid_size", None)
+            if grid is None:
+                raise ValueError("masked_weight > 0 needs a vision_encoder with a grid_size")
+            self.mask_generator = MultiBlockMaskGenerator(grid, **(masking or {}))
+            self.masked_head = nn.Linear(self.predictor.width, vision_encoder.output_dim)
+        self.val_recall = CrossModalRecall(top_k=recall_top_k)
+        self.test_recall = CrossModalRecall(top_k=recall_top_k)
+
+    def _num_visual_tokens(self) -> int:
+        num_tokens = getattr(self.vision_encoder, "num_tokens", None)
+        if not isinstance(num_tokens, int):
+            raise ValueError(
+                f"{type(self.vision_encoder).__name__} must report `num_tokens` "
+                "(its number of token positions) to size the predictor's positions"
+            )
+        return num_tokens
+
+    def batch_collator(self) -> PairCollator:
+        """The picklable collator that the DataModule runs in its workers.
+
+        Returns:
+            A collator with the X-encoder's and the Y-encoder's codecs.
+        """
+        return PairCollator(self.vision_encoder.codec(), self.text_encoder.codec())
+
+    def embed_texts(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Embeds texts as ``s``: masked-mean Y-encoder tokens, projected, normalised.
+
+        Args:
+            input_ids: ``(B, L)`` token ids.
+            attention_mask: ``(B, L)`` mask of real tokens.
+
+        Returns:
+            ``(B, embed_dim)`` unit-norm embeddings.
+        """
+        return F.normalize(self._text_targets(input_ids, attention_mask), dim=-1)
+
+    def embed_inputs(
+        self, inputs: Any, query_ids: Tensor | None = None, query_mask: Tensor | None = None
+    ) -> Tensor:
+        """Embeds X-modality inputs as ``ŝ`` (with the empty query unless one is given).
+
+        Args:
+            inputs: The X-encoder's batch (images).
+            query_ids: ``(B, Nq)`` query token ids, or None.
+            query_mask: ``(B, Nq)`` mask of real query tokens.
+
+        Returns:
+            ``(B, embed_dim)`` unit-norm embeddings.
+        """
+        visual = self.vision_encoder(inputs).tokens
+        return F.normalize(self._predict(visual, query_ids, query_mask), dim=-1)
+
+    def _text_targets(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        tokens, mask = self.text_encoder({"input_ids": input_ids, "attention_mask": attention_mask})
+        return self.text_projection(masked_mean(tokens, mask))
+
+    def _predict(self, visual: Tensor, query_ids: Tensor | None, query_mask: Tensor | None) -> Tensor:
+        query_embeds = None if query_ids is None else self.text_encoder.embed_tokens(query_ids)
+        return self.predictor(visual, query_embeds, query_mask)
+
+    def compute_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Computes each enabled objective and their weighted sum.
+
+        Args:
+            batch: A collated batch (see :class:`~jepa_lightning.data.collate.PairCollator`).
+
+        Returns:
+            ``loss`` (the weighted total) and ``caption``/``masked`` parts.
+        """
+        hparams = self.hparams
+        visual = self.vision_encoder(batch["inputs"]).tokens
+        losses: dict[str, Tensor] = {}
+        if hparams.caption_weight > 0:
+            predicted = self._predict(visual, batch.get("query_ids"), batch.get("query_mask"))
+            target = self._text_targets(batch["caption_ids"], batch["caption_mask"])
+            losses["caption"] = self.caption_loss(predicted, target)
+        if hparams.masked_weight > 0:
+            losses["masked"] = self._masked_token_loss(visual, batch)
+        losses["loss"] = sum(
+            (getattr(hparams, f"{name}_weight") * value for name, value in losses.items()),
+            start=torch.zeros((), device=visual.device),
+        )
+        return losses
+
+    def _masked_token_loss(self, visual: Tensor, batch: dict[str, Any]) -> Tensor:
+        assert self.mask_generator is not None and self.masked_head is not None
+        masks = self.mask_generator(visual.shape[0])
+        context = masks.context.to(visual.device)
+        hidden_positions = masks.targets.to(visual.device)
+        visible = _take_tokens(visual, context)
+        # I-JEPA targets: the frozen tokens, layer-normed without affine parameters.
+        targets = F.layer_norm(_take_tokens(visual, hidden_positions), visual.shape[-1:])
+        caption_embeds = self.text_encoder.embed_tokens(batch["caption_ids"])
+        hidden, _ = self.predictor.encode(
+            visible,
+            visual_positions=context,
+            query_embeds=caption_embeds,
+            query_mask=batch["caption_mask"],
+            mask_positions=hidden_positions,
+        )
+        start = context.shape[1]
+        predictions = self.masked_head(hidden[:, start : start + hidden_positions.shape[1]])
+        return self.masked_loss(predictions, targets)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        """Computes and logs the training losses, the temperature and the batch size."""
+        losses = self.compute_losses(batch)
+        size = batch_size_of(batch)
+        self.log_dict(
+            {f"train/loss_{k}" if k != "loss" else "train/loss": v for k, v in losses.items()},
+            prog_bar=False,
+            batch_size=size,
+        )
+        self.log("train/temperature", self.caption_loss.temperature, batch_size=size)
+        if "skipped" in batch:
+            self.log(
+                "data/skipped",
+                float(batch["skipped"]),
+                on_step=False,
+                on_epoch=True,
+                reduce_fx="sum",
+                sync_dist=True,
+                batch_size=size,
+            )
+        self.log("loss", losses["loss"], prog_bar=True, logger=False, batch_size=size)
+        return losses["loss"]
+
+    def _evaluate(self, batch: dict[str, Any], recall: CrossModalRecall, prefix: str) -> None:
+        size = batch_size_of(batch)
+        losses = self.compute_losses(batch)
+        self.log(f"{prefix}/loss", losses["loss"], batch_size=size, sync_dist=True)
+        images = self.embed_inputs(batch["inputs"])
+        texts = self.embed_texts(batch["caption_ids"], batch["caption_mask"])
+        recall.update(images, texts, batch["pair_ids"])
+
+    def _log_recall(self, recall: CrossModalRecall, prefix: str) -> None:
+        scores = recall.compute()
+        self.log_dict({f"{prefix}/{k}": v for k, v in scores.items()}, prog_bar=False)
+        self.log(f"{prefix}/recall_mean", scores["mean"], prog_bar=True)
+        recall.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Accumulates validation embeddings for recall@k and logs the loss."""
+        self._evaluate(batch, self.val_recall, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        """Logs image→text and text→image recall@k over the whole validation set."""
+        self._log_recall(self.val_recall, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Accumulates test embeddings for recall@k and logs the loss."""
+        self._evaluate(batch, self.test_recall, "test")
+
+    def on_test_epoch_end(self) -> None:
+        """Logs image→text and text→image recall@k over the whole test set."""
+        self._log_recall(self.test_recall, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Returns the retrieval embeddings of a batch.
+
+        Returns:
+            ``keys``, ``captions``, ``image_embeddings`` (``ŝ``, empty query) and
+            ``text_embeddings`` (``s``), on the CPU.
+        """
+        return {
+            "keys": batch["keys"],
+            "captions": batch["captions"],
+            "image_embeddings": self.embed_inputs(batch["inputs"]).float().cpu(),
+            "text_embeddings": self.embed_texts(batch["caption_ids"], batch["caption_mask"])
+            .float()
+            .cpu(),
+        }
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """AdamW parameter groups: per-encoder learning-rate multipliers, no decay on 1-D.
+
+        Biases, norm weights and the temperature (every parameter with fewer
+        than 2 dimensions) get no weight decay. Frozen parameters are left out.
+
+        Returns:
+            Groups with ``params``, ``name``, ``lr_multiplier`` and, for the
+            no-decay ones, ``weight_decay=0``.
+        """
+        multipliers = {
+            "vision_encoder": self.vision_encoder.lr_multiplier,
+            "text_encoder": self.text_encoder.lr_multiplier,
+        }
+        grouped: dict[tuple[str, bool], list[nn.Parameter]] = {}
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            owner = name.split(".", 1)[0]
+            owner = owner if owner in multipliers else "head"
+            grouped.setdefault((owner, param.ndim >= 2), []).append(param)
+        groups = []
+        for (owner, decay), params in sorted(grouped.items()):
+            group: dict[str, Any] = {
+                "params": params,
+                "name": f"{owner}{'' if decay else '_no_decay'}",
+                "lr_multiplier": multipliers.get(owner, 1.0),
+            }
+            if not decay:
+                group["weight_decay"] = 0.0
+            groups.append(group)
+        return groups
+
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
+        """AdamW over :meth:`parameter_groups` with a warmup + cosine schedule per step.
+
+        Raises:
+            ValueError: If the run has no finite length (set ``trainer.max_steps``).
+        """
+        hparams = self.hparams
+        groups = self.parameter_groups()
+        for group in groups:
+            group["lr"] = hparams.lr * group["lr_multiplier"]
+        optimizer = torch.optim.AdamW(
+            groups, lr=hparams.lr, weight_decay=hparams.weight_decay, betas=hparams.betas
+        )
+        total_steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total_steps):
+            raise ValueError(
+                "the learning-rate schedule needs a finite run: set trainer.max_steps "
+                "(streaming data has no epoch length)"
+            )
+        schedule = partial(
+            warmup_cosine,
+            warmup_steps=hparams.warmup_steps,
+            total_steps=int(total_steps),
+            min_lr_ratio=hparams.min_lr_ratio,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _under_cli() -> bool:
+    """Whether LightningCLI is instantiating this module with its config as hparams."""
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # older Lightning: encoders cannot be saved as config
+        return False
+    return _given_hyperparameters.get() is not None
+
+
+def _take_tokens(tokens: Tensor, indices: Tensor) -> Tensor:
+    """Gathers ``tokens[b, indices[b]]`` for each row ``b``."""
+    return torch.gather(tokens, 1, indices.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))

@@ -1,0 +1,198 @@
+"""The bidirectional predictor: visual tokens (+ an optional query) to a text embedding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from jepa_lightning.encoders.hf import ModelSource, build_model
+from jepa_lightning.encoders.text import masked_mean
+
+DEFAULT_PREDICTOR_LM: dict[str, Any] = {
+    "model_type": "llama",
+    "hidden_size": 128,
+    "intermediate_size": 384,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "vocab_size": 8,
+    "max_position_embeddings": 512,
+}
+"""A tiny random Llama-style transformer: the predictor for smoke tests."""
+
+
+class Predictor(nn.Module):
+    """A bidirectional transformer over ``[projected visual tokens + positions ; query]``.
+
+    The transformer is the last ``num_layers`` decoder layers of a
+    ``transformers`` language model (Llama, Qwen, Mistral: any model whose
+    base has ``layers``, ``norm`` and ``rotary_emb``) with the causal mask off:
+    every token attends to every real token. Built from a config dict it is a
+    random transformer of that shape; from a hub name or folder it starts from
+    the pretrained layers, as the VL-JEPA paper does with Llama-3.2-1B. The LM's
+    token embeddings are dropped: inputs arrive as features.
+
+    Each visual token carries its grid index both as a learned position
+    embedding and as its rotary position, so a subset of tokens (the visible
+    ones of a mask) keeps its geometry. Query tokens come after the largest
+    visual index.
+
+    Args:
+        visual_dim: Width of the X-encoder's tokens.
+        query_dim: Width of the query token embeddings.
+        output_dim: Width of the predicted embedding.
+        num_visual_tokens: Number of visual token positions (the X-encoder's grid).
+        lm: The language model source (hub name, folder, or config dict).
+        num_layers: How many of the LM's last layers to keep; default all.
+        gradient_checkpointing: Recompute each layer in backward (non-reentrant).
+
+    Raises:
+        ValueError: If the LM lacks ``layers``/``norm``/``rotary_emb`` or
+            ``num_layers`` is out of range.
+    """
+
+    def __init__(
+        self,
+        visual_dim: int,
+        query_dim: int,
+        output_dim: int,
+        num_visual_tokens: int,
+        lm: ModelSource = DEFAULT_PREDICTOR_LM,
+        num_layers: int | None = None,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        language_model = build_model(lm, attn_implementation="sdpa")
+        missing = [n for n in ("layers", "norm", "rotary_emb") if not hasattr(language_model, n)]
+        if missing:
+            raise ValueError(
+                f"predictor LM {type(language_model).__name__} lacks {missing}; "
+                "use a Llama-style decoder (llama, qwen2, qwen3, mistral)"
+            )
+        total = len(language_model.layers)
+        num_layers = total if num_layers is None else num_layers
+        if not 1 <= num_layers <= total:
+            raise ValueError(f"predictor num_layers must be in [1, {total}], got {num_layers}")
+        self.layers = nn.ModuleList(language_model.layers[total - num_layers :])
+        for layer in self.layers:
+            layer.self_attn.is_causal = False
+        self.norm = language_model.norm
+        self.rotary_emb = language_model.rotary_emb
+        width = int(language_model.config.hidden_size)
+        self.width = width
+        self.num_visual_tokens = num_visual_tokens
+        self.gradient_checkpointing = gradient_checkpointing
+        self.visual_proj = nn.Linear(visual_dim, width)
+        self.query_proj = nn.Linear(query_dim, width)
+        self.position_embedding = nn.Parameter(torch.zeros(num_visual_tokens, width))
+        self.mask_token = nn.Parameter(torch.zeros(width))
+        self.output_proj = nn.Linear(width, output_dim)
+        nn.init.trunc_normal_(self.position_embedding, std=0.02)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def encode(
+        self,
+        visual_tokens: Tensor,
+        visual_positions: Tensor | None = None,
+        query_embeds: Tensor | None = None,
+        query_mask: Tensor | None = None,
+        mask_positions: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Runs the transformer over ``[visual ; mask tokens ; query]``.
+
+        Args:
+            visual_tokens: ``(B, Nv, visual_dim)`` visual tokens.
+            visual_positions: ``(B, Nv)`` grid indices of the visual tokens;
+                default ``0..Nv-1``.
+            query_embeds: ``(B, Nq, query_dim)`` query token embeddings, or None.
+            query_mask: ``(B, Nq)`` boolean mask of real query tokens; default all.
+            mask_positions: ``(B, M)`` grid indices of hidden tokens to predict;
+                a learned mask token is placed at each.
+
+        Returns:
+            The final normalised hidden states ``(B, Nv + M + Nq, width)`` and
+            their ``(B, Nv + M + Nq)`` boolean mask of real tokens.
+        """
+        batch, num_visual = visual_tokens.shape[:2]
+        device = visual_tokens.device
+        if visual_positions is None:
+            visual_positions = torch.arange(num_visual, device=device).expand(batch, -1)
+        parts = [self.visual_proj(visual_tokens) + self.position_embedding[visual_positions]]
+        positions = [visual_positions]
+        masks = [torch.ones(batch, num_visual, dtype=torch.bool, device=device)]
+        if mask_positions is not None:
+            parts.append(self.mask_token + self.position_embedding[mask_positions])
+            positions.append(mask_positions)
+            masks.append(torch.ones(mask_positions.shape, dtype=torch.bool, device=device))
+        if query_embeds is not None:
+            num_query = query_embeds.shape[1]
+            parts.append(self.query_proj(query_embeds))
+            offset = self.num_visual_tokens
+            positions.append(
+                torch.arange(offset, offset + num_query, device=device).expand(batch, -1)
+            )
+            if query_mask is None:
+                query_mask = torch.ones(batch, num_query, dtype=torch.bool, device=device)
+            masks.append(query_mask.bool())
+        hidden = torch.cat(parts, dim=1)
+        position_ids = torch.cat(positions, dim=1)
+        valid = torch.cat(masks, dim=1)
+        # Bidirectional: every query position attends to every real token.
+        attention_mask = valid[:, None, None, :]
+        position_embeddings = self.rotary_emb(hidden, position_ids)
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                hidden = checkpoint(
+                    self._run_layer,
+                    layer,
+                    hidden,
+                    attention_mask,
+                    position_ids,
+                    position_embeddings,
+                    use_reentrant=False,
+                )
+            else:
+                hidden = self._run_layer(
+                    layer, hidden, attention_mask, position_ids, position_embeddings
+                )
+        return self.norm(hidden), valid
+
+    @staticmethod
+    def _run_layer(
+        layer: nn.Module,
+        hidden: Tensor,
+        attention_mask: Tensor,
+        position_ids: Tensor,
+        position_embeddings: tuple[Tensor, Tensor],
+    ) -> Tensor:
+        output = layer(
+            hidden,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            position_embeddings=position_embeddings,
+        )
+        # Older transformers releases return a tuple from decoder layers.
+        return output[0] if isinstance(output, tuple) else output
+
+    def forward(
+        self,
+        visual_tokens: Tensor,
+        query_embeds: Tensor | None = None,
+        query_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Predicts the target text embedding ``ŝ = W_o · masked_mean(h)``.
+
+        Args:
+            visual_tokens: ``(B, Nv, visual_dim)`` visual tokens.
+            query_embeds: ``(B, Nq, query_dim)`` query token embeddings, or None
+                (then it predicts the caption).
+            query_mask: ``(B, Nq)`` mask of real query tokens.
+
+        Returns:
+            ``(B, output_dim)`` predicted embeddings (not normalised).
+        """
+        hidden, valid = self.encode(visual_tokens, query_embeds=query_embeds, query_mask=query_mask)
+        return self.output_proj(masked_mean(hidden, valid))

@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny random models and small shard folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+TOKENIZER = str(REPO / "configs" / "tokenizers" / "bert-base-uncased")
+
+TINY_VIT: dict[str, Any] = {
+    "model_type": "vit",
+    "image_size": 32,
+    "patch_size": 8,
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
+TINY_BERT: dict[str, Any] = {
+    "model_type": "bert",
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+}
+TINY_LLAMA: dict[str, Any] = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "vocab_size": 16,
+    "max_position_embeddings": 128,
+}
+
+
+@pytest.fixture(autouse=True)
+def _few_threads() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def tiny_model_kwargs() -> dict[str, Any]:
+    from jepa_lightning.encoders import TextEncoder, VisionEncoder
+
+    return {
+        "vision_encoder": VisionEncoder(TINY_VIT, image_mean=[0.5] * 3, image_std=[0.5] * 3),
+        "text_encoder": TextEncoder(TINY_BERT, tokenizer=TOKENIZER, lr_multiplier=0.5),
+        "embed_dim": 16,
+        "predictor_lm": TINY_LLAMA,
+        "warmup_steps": 2,
+    }
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Small shapes train/val shard folders at 32x32, shared by the session."""
+    from jepa_lightning.data.shapes import ensure_shapes_shards
+
+    root = tmp_path_factory.mktemp("shapes")
+    ensure_shapes_shards(str(root / "train"), 256, samples_per_shard=64, seed=0, split="train", image_size=32)
+    ensure_shapes_shards(str(root / "val"), 64, samples_per_shard=32, seed=1, split="val", image_size=32)
+    return root

