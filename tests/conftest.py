@@ -68,6 +68,10 @@ def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from jepa_lightning.data.shapes import ensure_shapes_shards
 
     root = tmp_path_factory.mktemp("shapes")
-    ensure_shapes_shards(str(root / "train"), 256, samples_per_shard=64, seed=0, split="train", image_size=32)
-    ensure_shapes_shards(str(root / "val"), 64, samples_per_shard=32, seed=1, split="val", image_size=32)
+    ensure_shapes_shards(
+        str(root / "train"), 256, samples_per_shard=64, seed=0, split="train", image_size=32
+    )
+    ensure_shapes_shards(
+        str(root / "val"), 64, samples_per_shard=32, seed=1, split="val", image_size=32
+    )
     return root

@@ -7,7 +7,9 @@ from jepa_lightning.predictor import Predictor
 
 def make(**kwargs) -> Predictor:
     torch.manual_seed(0)
-    return Predictor(visual_dim=24, query_dim=20, output_dim=12, num_visual_tokens=16, lm=TINY_LLAMA, **kwargs)
+    return Predictor(
+        visual_dim=24, query_dim=20, output_dim=12, num_visual_tokens=16, lm=TINY_LLAMA, **kwargs
+    )
 
 
 def test_output_shapes_with_and_without_query() -> None:
@@ -25,7 +27,9 @@ def test_query_padding_is_ignored() -> None:
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
     changed = query.clone()
     changed[0, 3:] = 50.0
-    torch.testing.assert_close(predictor(visual, query, mask)[0], predictor(visual, changed, mask)[0])
+    torch.testing.assert_close(
+        predictor(visual, query, mask)[0], predictor(visual, changed, mask)[0]
+    )
     # A row with no real query token equals no query at all.
     empty = torch.zeros(2, 5, dtype=torch.bool)
     torch.testing.assert_close(predictor(visual, query, empty), predictor(visual))
@@ -55,7 +59,9 @@ def test_lm_layer_initialisation(tmp_path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(1)
-    lm = AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**TINY_LLAMA, "num_hidden_layers": 4}))
+    lm = AutoModelForCausalLM.from_config(
+        AutoConfig.for_model(**{**TINY_LLAMA, "num_hidden_layers": 4})
+    )
     lm.save_pretrained(tmp_path)
     predictor = Predictor(24, 20, 12, 16, lm=str(tmp_path), num_layers=2)
     assert len(predictor.layers) == 2

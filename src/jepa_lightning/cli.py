@@ -4,30 +4,37 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from jsonargparse import auto_cli
+from jsonargparse import auto_cli, lazy_instance
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from jepa_lightning.data.convert import convert_folder
 from jepa_lightning.data.shapes import write_shapes_shards
 
-TRAINER_DEFAULTS = {
-    "logger": {
-        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-        "init_args": {"save_dir": "logs", "name": "jepa"},
-    },
-    "callbacks": [
-        {"class_path": "lightning.pytorch.callbacks.RichProgressBar"},
-        {
-            "class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
-            "init_args": {"logging_interval": "step"},
-        },
-    ],
-}
-"""TensorBoard logs, a rich progress bar and learning rates, unless a config says otherwise."""
 
-DATA_COMMANDS = {"shapes": write_shapes_shards, "convert": convert_folder}
+class JEPALightningCLI(LightningCLI):
+    """LightningCLI with TensorBoard logs, a rich progress bar and learning-rate logging.
+
+    The progress bar and the learning-rate monitor are always on and configured
+    under their own keys (``progress_bar.*``, ``lr_monitor.*``), so a config's
+    ``trainer.callbacks`` list adds to them instead of replacing them.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Adds the always-on callbacks."""
+        parser.add_lightning_class_args(RichProgressBar, "progress_bar")
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.set_defaults({"lr_monitor.logging_interval": "step"})
+
+
+DATA_COMMANDS: dict[str, Any] = {
+    "shapes": write_shapes_shards,
+    "convert": convert_folder,
+}
 """``jepa-lightning data <command>``: write the shapes shards, convert a folder."""
 
 
@@ -44,14 +51,14 @@ def main(args: Sequence[str] | None = None) -> None:
     """
     argv = list(sys.argv[1:] if args is None else args)
     if argv[:1] == ["data"]:
-        auto_cli(DATA_COMMANDS, args=argv[1:])
+        auto_cli(DATA_COMMANDS, args=argv[1:], prog="jepa-lightning data")
         return
-    LightningCLI(
+    JEPALightningCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        trainer_defaults=TRAINER_DEFAULTS,
+        trainer_defaults={"logger": lazy_instance(TensorBoardLogger, save_dir="logs", name="jepa")},
         save_config_kwargs={"overwrite": True},
         args=argv,
     )

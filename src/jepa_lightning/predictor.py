@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -72,15 +72,17 @@ class Predictor(nn.Module):
                 f"predictor LM {type(language_model).__name__} lacks {missing}; "
                 "use a Llama-style decoder (llama, qwen2, qwen3, mistral)"
             )
-        total = len(language_model.layers)
+        lm_layers = cast(nn.ModuleList, language_model.layers)
+        total = len(lm_layers)
         num_layers = total if num_layers is None else num_layers
         if not 1 <= num_layers <= total:
             raise ValueError(f"predictor num_layers must be in [1, {total}], got {num_layers}")
-        self.layers = nn.ModuleList(language_model.layers[total - num_layers :])
+        self.layers = nn.ModuleList(lm_layers[total - num_layers :])
         for layer in self.layers:
-            layer.self_attn.is_causal = False
-        self.norm = language_model.norm
-        self.rotary_emb = language_model.rotary_emb
+            attention: Any = layer.self_attn
+            attention.is_causal = False
+        self.norm = cast(nn.Module, language_model.norm)
+        self.rotary_emb = cast(nn.Module, language_model.rotary_emb)
         width = int(language_model.config.hidden_size)
         self.width = width
         self.num_visual_tokens = num_visual_tokens

@@ -86,7 +86,7 @@ class WebDataModule(LightningDataModule):
                 "WebDataModule takes its collator from the model being trained "
                 "(`batch_collator()`); attach both to a Trainer"
             )
-        collator: PairCollator = model.batch_collator()
+        collator: PairCollator = model.batch_collator()  # type: ignore[operator]
         return collator
 
     def _loader(self, stream: ShardStream) -> EpochDataLoader:
@@ -175,11 +175,11 @@ class ShapesDataModule(WebDataModule):
         data_seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("train_shards", f"{root}/train")
-        kwargs.setdefault("val_shards", f"{root}/val")
+        kwargs["train_shards"] = kwargs.get("train_shards") or f"{root}/train"
+        kwargs["val_shards"] = kwargs.get("val_shards") or f"{root}/val"
         super().__init__(**kwargs)
         self.root = root
-        self.generator_args = {
+        self.generator_args: dict[str, Any] = {
             "image_size": image_size,
             "two_shape_fraction": two_shape_fraction,
             "with_queries": with_queries,

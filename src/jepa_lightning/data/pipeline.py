@@ -22,7 +22,7 @@ from jepa_lightning.data.shards import INDEX_FILENAME, read_shard_index
 log = logging.getLogger(__name__)
 
 ShardSource = str | list[str]
-"""A folder (its ``index.json``, else all ``*.tar``), a brace pattern, a ``pipe:`` URL, or a list."""
+"""A folder (its ``index.json``, else ``*.tar``), a brace pattern, a ``pipe:`` URL, or a list."""
 
 
 def resolve_shards(source: ShardSource, name: str = "shards") -> tuple[list[str], int | None]:
@@ -123,7 +123,9 @@ class ShardStream(IterableDataset):
         self.epoch = epoch
         self._iterations = 0
 
-    def _shard_urls(self, rng: random.Random, rank: int, world: int, worker: int, workers: int) -> Iterator[dict[str, str]]:
+    def _shard_urls(
+        self, rng: random.Random, rank: int, world: int, worker: int, workers: int
+    ) -> Iterator[dict[str, str]]:
         if self.batches_per_worker is not None:
             while True:
                 yield {"url": rng.choice(self.urls)}

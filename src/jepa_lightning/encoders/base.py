@@ -28,12 +28,11 @@ class SampleCodec(Protocol):
     Codecs are small and picklable (no model weights): the data pipeline ships
     them to every worker.
 
-    Attributes:
-        extensions: WebDataset file extensions this modality is read from, in
-            order of preference (e.g. ``("jpg", "jpeg", "png", "webp")``).
     """
 
-    extensions: tuple[str, ...]
+    @property
+    def extensions(self) -> tuple[str, ...]:
+        """WebDataset file extensions to read, in order of preference (e.g. ``("jpg", "png")``)."""
 
     def decode(self, data: bytes) -> Any:
         """Decodes one sample's bytes; raises ``ValueError`` (or the decoder's error) if corrupt."""

@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 from transformers.image_processing_base import ImageProcessingMixin
 
 from jepa_lightning.encoders.base import EncoderOutput, ModalityEncoder, SampleCodec
@@ -56,8 +57,8 @@ class ImageCodec:
             PIL.UnidentifiedImageError: If the bytes are not a readable image.
             OSError: If the image is truncated.
         """
-        with Image.open(io.BytesIO(data)) as image:
-            image = image.convert("RGB")
+        with Image.open(io.BytesIO(data)) as opened:
+            image: Image.Image = opened.convert("RGB")
             width, height = image.size
             scale = self.image_size / min(width, height)
             resized = (
@@ -111,12 +112,15 @@ class VisionEncoder(ModalityEncoder):
     ) -> None:
         super().__init__(frozen=frozen, lr_multiplier=lr_multiplier)
         self.source = model
+        self.backbone: nn.Module
+        self.image_mean: Tensor
+        self.image_std: Tensor
         hf_model = build_model(model)
         config = hf_model.config
         self.is_video_model = config.model_type == "vjepa2"
         if self.is_video_model:
             # Only the encoder is used; the V-JEPA 2 predictor would waste memory.
-            self.backbone = hf_model.encoder
+            self.backbone = cast(nn.Module, hf_model.encoder)
             image_size = config.crop_size
         else:
             self.backbone = getattr(hf_model, "vision_model", hf_model)

@@ -113,6 +113,13 @@ class VLJEPA(LightningModule):
         self.save_hyperparameters(ignore=[] if _under_cli() else ["vision_encoder", "text_encoder"])
         self.vision_encoder = vision_encoder
         self.text_encoder = text_encoder
+        self.caption_weight = caption_weight
+        self.masked_weight = masked_weight
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.betas = betas
+        self.warmup_steps = warmup_steps
+        self.min_lr_ratio = min_lr_ratio
         num_visual_tokens = self._num_visual_tokens()
         self.predictor = Predictor(
             visual_dim=vision_encoder.output_dim,
@@ -190,7 +197,9 @@ class VLJEPA(LightningModule):
         tokens, mask = self.text_encoder({"input_ids": input_ids, "attention_mask": attention_mask})
         return self.text_projection(masked_mean(tokens, mask))
 
-    def _predict(self, visual: Tensor, query_ids: Tensor | None, query_mask: Tensor | None) -> Tensor:
+    def _predict(
+        self, visual: Tensor, query_ids: Tensor | None, query_mask: Tensor | None
+    ) -> Tensor:
         query_embeds = None if query_ids is None else self.text_encoder.embed_tokens(query_ids)
         return self.predictor(visual, query_embeds, query_mask)
 
@@ -203,17 +212,17 @@ class VLJEPA(LightningModule):
         Returns:
             ``loss`` (the weighted total) and ``caption``/``masked`` parts.
         """
-        hparams = self.hparams
         visual = self.vision_encoder(batch["inputs"]).tokens
         losses: dict[str, Tensor] = {}
-        if hparams.caption_weight > 0:
+        if self.caption_weight > 0:
             predicted = self._predict(visual, batch.get("query_ids"), batch.get("query_mask"))
             target = self._text_targets(batch["caption_ids"], batch["caption_mask"])
             losses["caption"] = self.caption_loss(predicted, target)
-        if hparams.masked_weight > 0:
+        if self.masked_weight > 0:
             losses["masked"] = self._masked_token_loss(visual, batch)
+        weights = {"caption": self.caption_weight, "masked": self.masked_weight}
         losses["loss"] = sum(
-            (getattr(hparams, f"{name}_weight") * value for name, value in losses.items()),
+            (weights[name] * value for name, value in losses.items()),
             start=torch.zeros((), device=visual.device),
         )
         return losses
@@ -346,12 +355,11 @@ class VLJEPA(LightningModule):
         Raises:
             ValueError: If the run has no finite length (set ``trainer.max_steps``).
         """
-        hparams = self.hparams
         groups = self.parameter_groups()
         for group in groups:
-            group["lr"] = hparams.lr * group["lr_multiplier"]
+            group["lr"] = self.lr * group["lr_multiplier"]
         optimizer = torch.optim.AdamW(
-            groups, lr=hparams.lr, weight_decay=hparams.weight_decay, betas=hparams.betas
+            groups, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas
         )
         total_steps = self.trainer.estimated_stepping_batches
         if not math.isfinite(total_steps):
@@ -361,12 +369,15 @@ class VLJEPA(LightningModule):
             )
         schedule = partial(
             warmup_cosine,
-            warmup_steps=hparams.warmup_steps,
+            warmup_steps=self.warmup_steps,
             total_steps=int(total_steps),
-            min_lr_ratio=hparams.min_lr_ratio,
+            min_lr_ratio=self.min_lr_ratio,
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
 
 def _under_cli() -> bool:
