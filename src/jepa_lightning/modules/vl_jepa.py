@@ -193,6 +193,20 @@ class VLJEPA(LightningModule):
         visual = self.vision_encoder(inputs).tokens
         return F.normalize(self._predict(visual, query_ids, query_mask), dim=-1)
 
+    def visual_tokens(self, batch: dict[str, Any]) -> Tensor:
+        """The X-encoder's tokens of a batch: cached ``features`` if present, else encoded.
+
+        Args:
+            batch: A collated batch with ``inputs`` or precomputed ``features``.
+
+        Returns:
+            ``(B, N, Dx)`` visual tokens in the compute dtype.
+        """
+        if "features" in batch:
+            features: Tensor = batch["features"]
+            return features.to(self.predictor.visual_proj.weight.dtype)
+        return self.vision_encoder(batch["inputs"]).tokens
+
     def _text_targets(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         tokens, mask = self.text_encoder({"input_ids": input_ids, "attention_mask": attention_mask})
         return self.text_projection(masked_mean(tokens, mask))
@@ -212,7 +226,7 @@ class VLJEPA(LightningModule):
         Returns:
             ``loss`` (the weighted total) and ``caption``/``masked`` parts.
         """
-        visual = self.vision_encoder(batch["inputs"]).tokens
+        visual = self.visual_tokens(batch)
         losses: dict[str, Tensor] = {}
         if self.caption_weight > 0:
             predicted = self._predict(visual, batch.get("query_ids"), batch.get("query_mask"))
@@ -270,11 +284,15 @@ class VLJEPA(LightningModule):
         self.log("loss", losses["loss"], prog_bar=True, logger=False, batch_size=size)
         return losses["loss"]
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Clamps the learnable temperature's parameter after each step (as CLIP does)."""
+        self.caption_loss.clamp_logit_scale_()
+
     def _evaluate(self, batch: dict[str, Any], recall: CrossModalRecall, prefix: str) -> None:
         size = batch_size_of(batch)
         losses = self.compute_losses(batch)
         self.log(f"{prefix}/loss", losses["loss"], batch_size=size, sync_dist=True)
-        images = self.embed_inputs(batch["inputs"])
+        images = F.normalize(self._predict(self.visual_tokens(batch), None, None), dim=-1)
         texts = self.embed_texts(batch["caption_ids"], batch["caption_mask"])
         recall.update(images, texts, batch["pair_ids"])
 
