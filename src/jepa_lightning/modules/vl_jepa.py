@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -14,12 +15,14 @@ from torch import Tensor, nn
 
 from jepa_lightning.data.collate import PairCollator, batch_size_of
 from jepa_lightning.encoders.base import ModalityEncoder
-from jepa_lightning.encoders.hf import ModelSource
+from jepa_lightning.encoders.hf import ModelSource, describe_source
 from jepa_lightning.encoders.text import TextEncoder, masked_mean
 from jepa_lightning.losses import InfoNCELoss, MaskedTokenInfoNCELoss
 from jepa_lightning.masking import MultiBlockMaskGenerator
 from jepa_lightning.metrics import CrossModalRecall
 from jepa_lightning.predictor import DEFAULT_PREDICTOR_LM, Predictor
+
+log = logging.getLogger(__name__)
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
@@ -77,9 +80,19 @@ class VLJEPA(LightningModule):
         recall_top_k: The k of the validation recall@k.
         gradient_checkpointing: Recompute predictor and Y-encoder activations
             in backward (non-reentrant).
+        compile_predictor: ``torch.compile`` the predictor in place (its
+            parameter names, and so checkpoints, are unchanged).
+        on_nonfinite: What a non-finite loss does: ``"raise"`` stops the run
+            naming the loss part and step; ``"skip"`` skips the step on every
+            rank and logs ``train/skipped_steps``.
+        save_frozen_encoder: Keep a frozen, pretrained X-encoder's weights in
+            checkpoints. By default they are left out (they reload from their
+            source, which the checkpoint records); random-init encoders are
+            always kept.
 
     Raises:
-        ValueError: If both objective weights are zero or one is negative.
+        ValueError: If both objective weights are zero or one is negative, or
+            ``on_nonfinite`` is unknown.
     """
 
     def __init__(
@@ -101,6 +114,9 @@ class VLJEPA(LightningModule):
         min_lr_ratio: float = 0.01,
         recall_top_k: tuple[int, ...] = (1, 5, 10),
         gradient_checkpointing: bool = False,
+        compile_predictor: bool = False,
+        on_nonfinite: Literal["raise", "skip"] = "raise",
+        save_frozen_encoder: bool = False,
     ) -> None:
         super().__init__()
         if caption_weight < 0 or masked_weight < 0 or caption_weight + masked_weight == 0:
@@ -108,6 +124,8 @@ class VLJEPA(LightningModule):
                 "caption_weight and masked_weight must be >= 0 and not both 0, "
                 f"got caption_weight={caption_weight}, masked_weight={masked_weight}"
             )
+        if on_nonfinite not in ("raise", "skip"):
+            raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
         # Under LightningCLI the encoders' class_path configs are saved (so that
         # load_from_checkpoint rebuilds them); module objects never are.
         self.save_hyperparameters(ignore=[] if _under_cli() else ["vision_encoder", "text_encoder"])
@@ -120,6 +138,8 @@ class VLJEPA(LightningModule):
         self.betas = betas
         self.warmup_steps = warmup_steps
         self.min_lr_ratio = min_lr_ratio
+        self.on_nonfinite = on_nonfinite
+        self.save_frozen_encoder = save_frozen_encoder
         num_visual_tokens = self._num_visual_tokens()
         self.predictor = Predictor(
             visual_dim=vision_encoder.output_dim,
@@ -134,6 +154,8 @@ class VLJEPA(LightningModule):
             text_encoder.model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
+        if compile_predictor:
+            self.predictor.compile()
         self.text_projection = nn.Linear(text_encoder.output_dim, embed_dim)
         self.caption_loss = InfoNCELoss(init_temperature=init_temperature)
         self.masked_loss = MaskedTokenInfoNCELoss(temperature=masked_temperature)
@@ -145,6 +167,7 @@ class VLJEPA(LightningModule):
                 raise ValueError("masked_weight > 0 needs a vision_encoder with a grid_size")
             self.mask_generator = MultiBlockMaskGenerator(grid, **(masking or {}))
             self.masked_head = nn.Linear(self.predictor.width, vision_encoder.output_dim)
+        self.skipped_steps = 0
         self.val_recall = CrossModalRecall(top_k=recall_top_k)
         self.test_recall = CrossModalRecall(top_k=recall_top_k)
 
@@ -261,10 +284,16 @@ class VLJEPA(LightningModule):
         predictions = self.masked_head(hidden[:, start : start + hidden_positions.shape[1]])
         return self.masked_loss(predictions, targets)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        """Computes and logs the training losses, the temperature and the batch size."""
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        """Computes and logs the training losses, the temperature and skipped samples.
+
+        Raises:
+            FloatingPointError: If a loss part is not finite and ``on_nonfinite="raise"``.
+        """
         losses = self.compute_losses(batch)
         size = batch_size_of(batch)
+        if not self._losses_finite(losses):
+            return None
         self.log_dict(
             {f"train/loss_{k}" if k != "loss" else "train/loss": v for k, v in losses.items()},
             prog_bar=False,
@@ -283,6 +312,64 @@ class VLJEPA(LightningModule):
             )
         self.log("loss", losses["loss"], prog_bar=True, logger=False, batch_size=size)
         return losses["loss"]
+
+    def _losses_finite(self, losses: dict[str, Tensor]) -> bool:
+        bad = [f"{name}={value.item()}" for name, value in losses.items() if not value.isfinite()]
+        # Every rank must take the same decision, or DDP waits forever on a skipped backward.
+        all_finite = self.trainer.strategy.reduce_boolean_decision(not bad, all=True)
+        if all_finite:
+            return True
+        where = f"at global step {self.global_step} (rank {self.global_rank})"
+        detail = ", ".join(bad) if bad else "on another rank"
+        if self.on_nonfinite == "raise":
+            raise FloatingPointError(
+                f"non-finite loss {where}: {detail}; set model.init_args.on_nonfinite=skip to skip "
+                "such steps"
+            )
+        log.warning("skipping step with non-finite loss %s: %s", where, detail)
+        self.skipped_steps += 1
+        self.log("train/skipped_steps", float(self.skipped_steps), rank_zero_only=True)
+        return False
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuses non-finite weights and leaves out a reloadable frozen X-encoder.
+
+        Raises:
+            FloatingPointError: If a weight is not finite (no checkpoint is written).
+        """
+        state = checkpoint["state_dict"]
+        bad = [
+            name
+            for name, value in state.items()
+            if value.is_floating_point() and not value.isfinite().all()
+        ]
+        if bad:
+            raise FloatingPointError(
+                f"not writing a checkpoint at global step {self.global_step}: non-finite "
+                f"weights in {bad[:5]}"
+            )
+        source = self.vision_encoder_source
+        checkpoint["vision_encoder_source"] = (
+            type(self.vision_encoder).__qualname__ if source is None else describe_source(source)
+        )
+        if self._frozen_encoder_reloadable() and not self.save_frozen_encoder:
+            for name in [n for n in state if n.startswith("vision_encoder.")]:
+                del state[name]
+            checkpoint["vision_encoder_excluded"] = True
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restores a left-out frozen X-encoder's weights from the model just built."""
+        if checkpoint.get("vision_encoder_excluded"):
+            own = self.vision_encoder.state_dict(prefix="vision_encoder.")
+            checkpoint["state_dict"].update(own)
+
+    @property
+    def vision_encoder_source(self) -> ModelSource | None:
+        """Where the X-encoder's weights come from (None for a custom encoder)."""
+        return getattr(self.vision_encoder, "source", None)
+
+    def _frozen_encoder_reloadable(self) -> bool:
+        return self.vision_encoder.frozen and isinstance(self.vision_encoder_source, str)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Clamps the learnable temperature's parameter after each step (as CLIP does)."""
