@@ -8,32 +8,32 @@ from typing import Any
 
 from jsonargparse import auto_cli, lazy_instance
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from jepa_lightning.data.convert import convert_folder
+from jepa_lightning.data.feature_cache import cache_features
 from jepa_lightning.data.shapes import write_shapes_shards
 
 
 class JEPALightningCLI(LightningCLI):
-    """LightningCLI with TensorBoard logs, a rich progress bar and learning-rate logging.
+    """LightningCLI with TensorBoard logs and a rich progress bar by default.
 
-    The progress bar and the learning-rate monitor are always on and configured
-    under their own keys (``progress_bar.*``, ``lr_monitor.*``), so a config's
-    ``trainer.callbacks`` list adds to them instead of replacing them.
+    The progress bar is always on and configured under its own key
+    (``progress_bar.*``), so a config's ``trainer.callbacks`` list adds to it
+    instead of replacing it.
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Adds the always-on callbacks."""
+        """Adds the always-on progress bar."""
         parser.add_lightning_class_args(RichProgressBar, "progress_bar")
-        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
-        parser.set_defaults({"lr_monitor.logging_interval": "step"})
 
 
 DATA_COMMANDS: dict[str, Any] = {
     "shapes": write_shapes_shards,
     "convert": convert_folder,
+    "cache": cache_features,
 }
 """``jepa-lightning data <command>``: write the shapes shards, convert a folder."""
 

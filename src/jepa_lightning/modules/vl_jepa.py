@@ -285,7 +285,7 @@ class VLJEPA(LightningModule):
         return self.masked_loss(predictions, targets)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
-        """Computes and logs the training losses, the temperature and skipped samples.
+        """Computes and logs the losses, the temperature, learning rates and skipped samples.
 
         Raises:
             FloatingPointError: If a loss part is not finite and ``on_nonfinite="raise"``.
@@ -300,6 +300,8 @@ class VLJEPA(LightningModule):
             batch_size=size,
         )
         self.log("train/temperature", self.caption_loss.temperature, batch_size=size)
+        groups = self.trainer.optimizers[0].param_groups
+        self.log_dict({f"lr/{g['name']}": g["lr"] for g in groups}, batch_size=size)
         if "skipped" in batch:
             self.log(
                 "data/skipped",
