@@ -216,6 +216,18 @@ class VLJEPA(LightningModule):
         visual = self.vision_encoder(inputs).tokens
         return F.normalize(self._predict(visual, query_ids, query_mask), dim=-1)
 
+    def embed_batch(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """Retrieval embeddings of a collated batch: ``ŝ`` (empty query) and ``s``.
+
+        Args:
+            batch: A collated batch with ``inputs`` or cached ``features``, and captions.
+
+        Returns:
+            ``(B, embed_dim)`` unit-norm image and caption embeddings.
+        """
+        images = F.normalize(self._predict(self.visual_tokens(batch), None, None), dim=-1)
+        return images, self.embed_texts(batch["caption_ids"], batch["caption_mask"])
+
     def visual_tokens(self, batch: dict[str, Any]) -> Tensor:
         """The X-encoder's tokens of a batch: cached ``features`` if present, else encoded.
 
@@ -381,8 +393,7 @@ class VLJEPA(LightningModule):
         size = batch_size_of(batch)
         losses = self.compute_losses(batch)
         self.log(f"{prefix}/loss", losses["loss"], batch_size=size, sync_dist=True)
-        images = F.normalize(self._predict(self.visual_tokens(batch), None, None), dim=-1)
-        texts = self.embed_texts(batch["caption_ids"], batch["caption_mask"])
+        images, texts = self.embed_batch(batch)
         recall.update(images, texts, batch["pair_ids"])
 
     def _log_recall(self, recall: CrossModalRecall, prefix: str) -> None:
@@ -414,13 +425,12 @@ class VLJEPA(LightningModule):
             ``keys``, ``captions``, ``image_embeddings`` (``ŝ``, empty query) and
             ``text_embeddings`` (``s``), on the CPU.
         """
+        images, texts = self.embed_batch(batch)
         return {
             "keys": batch["keys"],
             "captions": batch["captions"],
-            "image_embeddings": self.embed_inputs(batch["inputs"]).float().cpu(),
-            "text_embeddings": self.embed_texts(batch["caption_ids"], batch["caption_mask"])
-            .float()
-            .cpu(),
+            "image_embeddings": images.float().cpu(),
+            "text_embeddings": texts.float().cpu(),
         }
 
     def parameter_groups(self) -> list[dict[str, Any]]:

@@ -1,0 +1,59 @@
+"""Helpers shared by the callbacks: the model they need, a batch's embeddings, the writer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+
+from jepa_lightning.modules import VLJEPA
+
+
+def require_vl_jepa(pl_module: LightningModule, callback: str) -> VLJEPA:
+    """Returns ``pl_module`` as a :class:`VLJEPA`.
+
+    Args:
+        pl_module: The module a callback is attached to.
+        callback: The callback's name, for the error message.
+
+    Returns:
+        The same module.
+
+    Raises:
+        TypeError: If it is not a ``VLJEPA``.
+    """
+    if not isinstance(pl_module, VLJEPA):
+        raise TypeError(f"{callback} needs a VLJEPA module, got {type(pl_module).__name__}")
+    return pl_module
+
+
+@torch.no_grad()
+def batch_embeddings(model: VLJEPA, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    """The retrieval embeddings ``ŝ`` and ``s`` of a batch, as validation computes them.
+
+    Args:
+        model: The model.
+        batch: A collated batch with ``inputs`` or cached ``features``, and captions.
+
+    Returns:
+        ``(B, D)`` unit-norm image and caption embeddings, float32.
+    """
+    images, texts = model.embed_batch(batch)
+    return images.float(), texts.float()
+
+
+def tensorboard_logger(trainer: Trainer) -> TensorBoardLogger | None:
+    """The trainer's first TensorBoard logger, if it has one (on every rank).
+
+    Its ``experiment`` (the ``SummaryWriter``) is real on rank 0 only.
+
+    Args:
+        trainer: The trainer.
+
+    Returns:
+        The logger, or None when no logger is a ``TensorBoardLogger``.
+    """
+    return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from callback_fit import events, fit
+
+from jepa_lightning.callbacks import ZeroShotEvaluator
+from jepa_lightning.data.shapes import shapes_class_names
+from jepa_lightning.modules import VLJEPA
+
+
+def shapes_evaluator() -> ZeroShotEvaluator:
+    names = shapes_class_names()
+    return ZeroShotEvaluator(
+        class_names={
+            "shape": names["shape"],
+            "colour": names["colour"],
+            "position": {p: f"on the {p}" for p in names["position"]},
+        },
+        templates={"shape": ["a {}", "a small {}"], "position": ["a circle {}"]},
+        top_k=(1, 2, 5),
+    )
+
+
+def test_logs_top_k_per_task(tiny_model_kwargs, shapes_root, tmp_path) -> None:
+    trainer, log_dir = fit(tiny_model_kwargs, shapes_root, tmp_path, [shapes_evaluator()])
+    # 3 shapes, 4 colours, 3 positions: top-5 is always a hit and is not logged
+    expected = {
+        f"val/zero_shot/{task}/top{k}" for task in ("shape", "colour", "position") for k in (1, 2)
+    }
+    assert expected <= set(events(log_dir).Tags()["scalars"])
+    assert not any(key.endswith("top5") for key in trainer.callback_metrics)
+    for tag in expected:
+        assert 0.0 <= float(trainer.callback_metrics[tag]) <= 1.0
+        assert len(events(log_dir).Scalars(tag)) == 2
+
+
+def test_class_embeddings_average_the_templates(tiny_model_kwargs) -> None:
+    model = VLJEPA(**tiny_model_kwargs).eval()
+    evaluator = ZeroShotEvaluator(
+        {"colour": {"red": "red one", "blue": "blue one"}}, {"colour": ["a {}", "the {}"]}
+    )
+    texts = ["a red one", "the red one", "a blue one", "the blue one"]
+    tokens = model.text_encoder.tokenize(texts)
+    s = model.embed_texts(tokens["input_ids"], tokens["attention_mask"].bool())
+    expected = F.normalize(s.view(2, 2, -1).mean(dim=1), dim=-1)
+    torch.testing.assert_close(evaluator.class_embeddings(model, "colour"), expected)
+
+
+def test_labels_from_metadata() -> None:
+    evaluator = ZeroShotEvaluator({"shape": ["circle", "star"], "position": ["left"]})
+    metas = [
+        {"labels": {"shape": "star", "position": None}},
+        {"labels": {"shape": "circle", "position": "left"}},
+        {},
+    ]
+    assert evaluator.labels(metas, "shape").tolist() == [1, 0, -1]
+    assert evaluator.labels(metas, "position").tolist() == [-1, 0, -1]
+    with pytest.raises(ValueError, match="not in its class_names"):
+        evaluator.labels([{"labels": {"shape": "cube"}}], "shape")
+
+
+def test_config_errors() -> None:
+    with pytest.raises(ValueError, match="no class names"):
+        ZeroShotEvaluator({"shape": []})
+    with pytest.raises(ValueError, match="needs a"):
+        ZeroShotEvaluator({"shape": ["circle"]}, {"shape": ["a circle"]})
+    with pytest.raises(ValueError, match="without class_names"):
+        ZeroShotEvaluator({"shape": ["circle"]}, {"colour": ["{}"]})
