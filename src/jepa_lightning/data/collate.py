@@ -43,17 +43,40 @@ def caption_id(text: str) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
+def decode_caption(data: bytes) -> str:
+    """Decodes a caption without tokenising it.
+
+    Args:
+        data: UTF-8 bytes.
+
+    Returns:
+        The stripped text.
+
+    Raises:
+        ValueError: If the text is empty or not UTF-8.
+    """
+    text = data.decode("utf-8").strip()
+    if not text:
+        raise ValueError("empty text")
+    return text
+
+
 @dataclass(frozen=True)
 class PairCollator:
     """Decodes and batches (X-modality, caption[, query]) samples.
 
     Args:
-        inputs: The X-modality codec (an image codec for VL-JEPA).
-        text: The caption/query codec (the Y-encoder's tokenizer).
+        inputs: The X-modality codec (an image codec for VL-JEPA, or a feature codec for
+            cached X-encoder tokens).
+        text: The caption/query codec (the Y-encoder's tokenizer); None keeps captions as
+            text without token ids (for tools such as the feature cache).
+        inputs_key: The batch key of the collated X-modality (``inputs``, or ``features``
+            for cached X-encoder tokens, which the model uses instead of its X-encoder).
     """
 
     inputs: SampleCodec
-    text: SampleCodec
+    text: SampleCodec | None = None
+    inputs_key: str = "inputs"
 
     def decode_sample(self, sample: Mapping[str, Any]) -> dict[str, Any]:
         """Decodes one raw WebDataset sample.
@@ -80,7 +103,8 @@ class PairCollator:
         except Exception as error:  # decoders raise many types for corrupt data
             raise SampleError(key, url, f"unreadable {extension}: {error}") from error
         try:
-            caption = self.text.decode(sample["txt"])
+            text = sample["txt"]
+            caption = decode_caption(text) if self.text is None else self.text.decode(text)
         except (ValueError, UnicodeDecodeError) as error:
             raise SampleError(key, url, f"bad caption: {error}") from error
         meta: dict[str, Any] = {}
@@ -106,22 +130,24 @@ class PairCollator:
             samples: Outputs of :meth:`decode_sample`.
 
         Returns:
-            ``inputs`` (the X-modality batch), ``caption_ids``/``caption_mask``,
-            ``pair_ids`` (stable caption ids: equal captions are positives),
-            ``captions``, ``keys``, ``meta`` and, when any sample has a query,
+            The X-modality batch under :attr:`inputs_key`, ``pair_ids`` (stable caption ids:
+            equal captions are positives), ``captions``, ``keys``, ``meta`` and, with a text
+            codec, ``caption_ids``/``caption_mask`` and, when any sample has a query,
             ``query_ids``/``query_mask`` (all-False rows for samples without one).
         """
         captions = [s["caption"] for s in samples]
-        tokens = self.text.collate(captions)
         batch: dict[str, Any] = {
-            "inputs": self.inputs.collate([s["inputs"] for s in samples]),
-            "caption_ids": tokens["input_ids"],
-            "caption_mask": tokens["attention_mask"].bool(),
+            self.inputs_key: self.inputs.collate([s["inputs"] for s in samples]),
             "pair_ids": torch.tensor([caption_id(c) for c in captions], dtype=torch.int64),
             "captions": captions,
             "keys": [s["key"] for s in samples],
             "meta": [s["meta"] for s in samples],
         }
+        if self.text is None:
+            return batch
+        tokens = self.text.collate(captions)
+        batch["caption_ids"] = tokens["input_ids"]
+        batch["caption_mask"] = tokens["attention_mask"].bool()
         queries = [s["query"] for s in samples]
         if any(queries):
             has_query = torch.tensor([bool(q) for q in queries])

@@ -2,19 +2,40 @@
 
 from __future__ import annotations
 
-import math
+import logging
+import warnings
+from dataclasses import replace
 from typing import Any
 
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from jepa_lightning.data.collate import PairCollator
-from jepa_lightning.data.pipeline import ShardSource, ShardStream, resolve_shards
+from jepa_lightning.data.feature_cache import check_feature_cache, feature_cache_of, feature_codec
+from jepa_lightning.data.pipeline import (
+    Shard,
+    ShardSource,
+    ShardStream,
+    count_samples,
+    resolve_shards,
+)
 from jepa_lightning.data.shapes import ensure_shapes_shards
+
+log = logging.getLogger(__name__)
+
+# Every rank's loader yields exactly len() batches whatever the workers (see pipeline).
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+
+
+def _as_is(batch: dict[str, Any]) -> dict[str, Any]:
+    return batch
 
 
 class EpochDataLoader(DataLoader):
     """A DataLoader that tells its :class:`ShardStream` the epoch before each pass.
+
+    The stream yields collated batches, passed on as they are (``default_convert`` would
+    walk every caption, key and metadata entry of every batch).
 
     Args:
         dataset: The stream.
@@ -23,7 +44,7 @@ class EpochDataLoader(DataLoader):
     """
 
     def __init__(self, dataset: ShardStream, epoch_of: Any, **kwargs: Any) -> None:
-        super().__init__(dataset, batch_size=None, **kwargs)
+        super().__init__(dataset, batch_size=None, collate_fn=_as_is, **kwargs)
         self.epoch_of = epoch_of
 
     def __iter__(self) -> Any:
@@ -32,22 +53,40 @@ class EpochDataLoader(DataLoader):
 
 
 class WebDataModule(LightningDataModule):
-    """Streams (image, caption[, json]) samples from WebDataset shards.
+    """Streams (image, caption[, json]) samples, or cached X-encoder tokens, from WebDataset shards.
 
-    The model being trained supplies the collator (its encoders' codecs:
-    image size, tokenizer) through ``batch_collator()``.
+    The model being trained supplies the collator (its encoders' codecs: image size,
+    tokenizer) through ``batch_collator()``. Every rank yields the same number of batches,
+    in training and in evaluation, whatever the shard sizes (see
+    :mod:`jepa_lightning.data.pipeline`); ``len()`` of each loader is that number.
+
+    Training modes (``resampled``):
+
+    * ``True`` (default): shards are drawn with replacement, per rank and worker; an epoch is
+      ``samples_per_epoch`` samples (default: the indexes' total). For corpora too large for
+      epochs, and the only mode that mixes sources by ``train_weights``.
+    * ``False``: every epoch reads each sample once, in a shard order shuffled per epoch
+      (with ``index.json`` sizes; without them, whole shards are dealt to ranks and workers,
+      which then needs ``samples_per_epoch`` and at least ranks x workers shards).
+
+    Feature shards written by ``jepa-lightning data cache`` are recognised by their
+    ``index.json``; their encoder fingerprint must match the model's X-encoder.
 
     Args:
-        train_shards: Training shard source: a folder (with ``index.json`` or
-            ``*.tar``), a brace pattern, a ``pipe:`` command, or a list.
-        val_shards: Validation shard source, read once per validation, in order.
+        train_shards: Training shard source: a folder (with ``index.json`` or ``*.tar``), a
+            brace pattern, a ``pipe:`` command, or a list of these.
+        val_shards: Validation shard source, read in order, split evenly over ranks.
+        train_weights: With a list of training sources, the fraction of training samples
+            drawn from each (normalised; needs ``resampled``). Fractions of samples when
+            the sources have ``index.json`` sizes, else fractions of shard draws.
         batch_size: Samples per batch on each rank.
-        val_batch_size: Validation batch size; default ``batch_size``.
-        samples_per_epoch: Training samples per epoch over all ranks; default
-            the training index's count (required when there is no index).
+        val_batch_size: Largest validation batch; default ``batch_size``.
+        samples_per_epoch: Training samples per epoch over all ranks; default the training
+            indexes' total (required when a source has no index).
+        resampled: Draw training shards with replacement (see above).
         num_workers: Data loader workers per rank.
-        shuffle_buffer: Sample shuffle buffer size.
-        seed: Base seed of shard and sample shuffling.
+        shuffle_buffer: Sample shuffle buffer size (training).
+        seed: Base seed of shard and sample shuffling; the epoch is mixed in.
         pin_memory: Pin batches in page-locked memory (GPU training).
         persistent_workers: Keep workers alive between epochs.
     """
@@ -56,9 +95,11 @@ class WebDataModule(LightningDataModule):
         self,
         train_shards: ShardSource | None = None,
         val_shards: ShardSource | None = None,
+        train_weights: list[float] | None = None,
         batch_size: int = 64,
         val_batch_size: int | None = None,
         samples_per_epoch: int | None = None,
+        resampled: bool = True,
         num_workers: int = 2,
         shuffle_buffer: int = 1000,
         seed: int = 0,
@@ -68,26 +109,53 @@ class WebDataModule(LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        if train_weights is not None:
+            if isinstance(train_shards, str) or len(train_weights) != len(train_shards or []):
+                raise ValueError(
+                    "data.train_weights needs data.train_shards to be a list of sources, "
+                    "one weight each"
+                )
+            if any(w < 0 for w in train_weights) or sum(train_weights) <= 0:
+                raise ValueError(f"data.train_weights must be >= 0, not all 0: {train_weights}")
+            if not resampled:
+                raise ValueError("data.train_weights needs data.resampled: true")
         self.train_shards = train_shards
         self.val_shards = val_shards
+        self.train_weights = train_weights
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.samples_per_epoch = samples_per_epoch
+        self.resampled = resampled
         self.num_workers = num_workers
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
+        self._val_shards: list[Shard] | None = None
 
-    def _collator(self) -> PairCollator:
+    def _model(self) -> Any:
         model = self.trainer.lightning_module if self.trainer is not None else None
         if model is None or not hasattr(model, "batch_collator"):
             raise RuntimeError(
                 "WebDataModule takes its collator from the model being trained "
                 "(`batch_collator()`); attach both to a Trainer"
             )
-        collator: PairCollator = model.batch_collator()  # type: ignore[operator]
-        return collator
+        return model
+
+    def _collator(self, shards: list[Shard], name: str) -> PairCollator:
+        """The model's collator; for feature shards, checked and reading ``features``."""
+        model = self._model()
+        collator: PairCollator = model.batch_collator()
+        record = feature_cache_of(shards, name)
+        if record is None:
+            return collator
+        check_feature_cache(record, model.vision_encoder, name)
+        return replace(collator, inputs=feature_codec(record), inputs_key="features")
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
 
     def _loader(self, stream: ShardStream) -> EpochDataLoader:
         return EpochDataLoader(
@@ -98,29 +166,62 @@ class WebDataModule(LightningDataModule):
             persistent_workers=self.persistent_workers,
         )
 
-    def train_dataloader(self) -> EpochDataLoader:
-        """The resampled training stream, equal batch counts on every rank."""
+    def _train_shards(self) -> tuple[list[Shard], list[float] | None]:
+        """The training shards and, with ``train_weights``, each shard's draw weight."""
         if self.train_shards is None:
             raise ValueError("data.train_shards is not set")
-        urls, indexed = resolve_shards(self.train_shards, "data.train_shards")
-        samples = self.samples_per_epoch or indexed
+        name = "data.train_shards"
+        if self.train_weights is None:
+            return resolve_shards(self.train_shards, name), None
+        shards: list[Shard] = []
+        weights: list[float] = []
+        for position, (source, weight) in enumerate(
+            zip(self.train_shards, self.train_weights, strict=True)
+        ):
+            part = resolve_shards(source, f"{name}[{position}]")
+            sizes = [shard.num_samples for shard in part]
+            # Uniform within a source; a source's shards share its weight, per sample when
+            # the sizes are known, so that its share of samples is its weight.
+            known = [size for size in sizes if size is not None]
+            total = sum(known) if len(known) == len(sizes) else len(part)
+            shards.extend(part)
+            weights.extend([weight / max(total, 1)] * len(part))
+        return shards, weights
+
+    def train_dataloader(self) -> EpochDataLoader:
+        """The training stream: equal batch counts on every rank."""
+        shards, weights = self._train_shards()
+        rank, world = self._rank_and_world()
+        sizes = [shard.num_samples for shard in shards]
+        sized = all(size is not None for size in sizes)
+        samples = self.samples_per_epoch or (sum(int(s or 0) for s in sizes) if sized else None)
         if samples is None:
             raise ValueError(
-                "data.samples_per_epoch is required when data.train_shards has no index.json"
+                "data.samples_per_epoch is required when a data.train_shards source has no "
+                "index.json (jepa-lightning data convert writes one)"
             )
-        world = self.trainer.world_size if self.trainer is not None else 1
         batches_per_rank = samples // (self.batch_size * world)
-        workers = max(1, self.num_workers)
         if batches_per_rank < 1:
             raise ValueError(
                 f"an epoch of {samples} samples is less than one batch of {self.batch_size} "
                 f"on each of {world} ranks; lower data.batch_size or raise data.samples_per_epoch"
             )
+        readers = world * max(1, self.num_workers)
+        if not self.resampled and readers > len(shards):
+            raise ValueError(
+                f"data.train_shards has {len(shards)} shards, fewer than the {world} ranks x "
+                f"{max(1, self.num_workers)} workers that read them without resampling; "
+                "set data.resampled: true, lower data.num_workers, or write smaller shards"
+            )
         stream = ShardStream(
-            urls,
-            self._collator(),
+            shards,
+            self._collator(shards, "data.train_shards"),
             self.batch_size,
-            batches_per_worker=math.ceil(batches_per_rank / workers),
+            mode="resampled" if self.resampled else "epoch",
+            batches_per_rank=batches_per_rank,
+            rank=rank,
+            world_size=world,
+            shard_weights=weights,
             shuffle_buffer=self.shuffle_buffer,
             seed=self.seed,
         )
@@ -129,19 +230,43 @@ class WebDataModule(LightningDataModule):
     def _eval_loader(self) -> EpochDataLoader:
         if self.val_shards is None:
             raise ValueError("data.val_shards is not set")
-        urls, _ = resolve_shards(self.val_shards, "data.val_shards")
-        return self._loader(ShardStream(urls, self._collator(), self.val_batch_size))
+        if self._val_shards is None:
+            shards = resolve_shards(self.val_shards, "data.val_shards")
+            if any(shard.num_samples is None for shard in shards):
+                log.info(
+                    "counting the samples of %d validation shards (no index.json)", len(shards)
+                )
+                shards = [
+                    shard
+                    if shard.num_samples is not None
+                    else replace(shard, num_samples=count_samples(shard.url))
+                    for shard in shards
+                ]
+            self._val_shards = shards
+        rank, world = self._rank_and_world()
+        try:
+            stream = ShardStream(
+                self._val_shards,
+                self._collator(self._val_shards, "data.val_shards"),
+                self.val_batch_size,
+                mode="eval",
+                rank=rank,
+                world_size=world,
+            )
+        except ValueError as error:
+            raise ValueError(f"data.val_shards: {error}") from error
+        return self._loader(stream)
 
     def val_dataloader(self) -> EpochDataLoader:
-        """The validation shards, read once, in order."""
+        """The validation shards, in order, the same number of batches on every rank."""
         return self._eval_loader()
 
     def test_dataloader(self) -> EpochDataLoader:
-        """The validation shards (the held-out set), read once, in order."""
+        """The validation shards (the held-out set), as :meth:`val_dataloader`."""
         return self._eval_loader()
 
     def predict_dataloader(self) -> EpochDataLoader:
-        """The validation shards, read once, in order."""
+        """The validation shards, as :meth:`val_dataloader`."""
         return self._eval_loader()
 
 
