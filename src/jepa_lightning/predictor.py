@@ -123,6 +123,16 @@ class Predictor(nn.Module):
         if visual_positions is None:
             visual_positions = torch.arange(num_visual, device=device).expand(batch, -1)
         parts = [self.visual_proj(visual_tokens) + self.position_embedding[visual_positions]]
+        if self.training and torch.is_grad_enabled():
+            # Every step must give every trainable parameter a gradient (DDP with
+            # find_unused_parameters=False): an absent query or mask token joins with weight 0.
+            unused: list[Tensor] = []
+            if query_embeds is None:
+                unused += [p.sum() for p in self.query_proj.parameters()]
+            if mask_positions is None:
+                unused.append(self.mask_token.sum())
+            if unused:
+                parts[0] = parts[0] + 0.0 * torch.stack(unused).sum()
         positions = [visual_positions]
         masks = [torch.ones(batch, num_visual, dtype=torch.bool, device=device)]
         if mask_positions is not None:

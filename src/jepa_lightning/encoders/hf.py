@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+from lightning_utilities.core.imports import compare_version
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+
+# ``dtype`` replaced ``torch_dtype`` in transformers 4.56.
+_DTYPE_KWARG = "dtype" if compare_version("transformers", operator.ge, "4.56") else "torch_dtype"
 
 ModelSource = str | dict[str, Any]
 """A hub name or local folder (pretrained weights) or a config dict (random init).
@@ -52,6 +58,9 @@ def build_model(source: ModelSource, **kwargs: Any) -> PreTrainedModel:
     """
     if isinstance(source, Mapping):
         return AutoModel.from_config(build_config(source), **kwargs)
+    # transformers >= 5 loads a checkpoint in its saved dtype (bf16 for Llama-3.2): train
+    # float32 master weights (bf16 autocast still computes in bf16).
+    kwargs.setdefault(_DTYPE_KWARG, torch.float32)
     return AutoModel.from_pretrained(source, **kwargs)
 
 

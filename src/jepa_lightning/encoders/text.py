@@ -119,6 +119,11 @@ class TextEncoder(ModalityEncoder):
         if isinstance(model, Mapping):
             model = {"vocab_size": len(self.tokenizer), **model}
         self.model = build_model(model)
+        # VL-JEPA pools the tokens itself: a pooler (BERT's) would get no gradient, which
+        # stops DDP with find_unused_parameters=False.
+        pooler = getattr(self.model, "pooler", None)
+        if isinstance(pooler, torch.nn.Module):
+            pooler.requires_grad_(False)
         self.max_length = max_length
         self.freeze_parameters()
 

@@ -162,7 +162,8 @@ class VisionEncoder(ModalityEncoder):
         Returns:
             ``(B, 3, H, W)`` float images, normalised with the encoder's mean/std.
         """
-        pixels = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        dtype = self.image_mean.dtype  # float32, or float64 after .double()
+        pixels = images.to(dtype) / 255.0 if images.dtype == torch.uint8 else images.to(dtype)
         return (pixels - self.image_mean) / self.image_std
 
     def encode(self, inputs: Tensor) -> EncoderOutput:

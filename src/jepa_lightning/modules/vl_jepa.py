@@ -168,6 +168,7 @@ class VLJEPA(LightningModule):
             self.mask_generator = MultiBlockMaskGenerator(grid, **(masking or {}))
             self.masked_head = nn.Linear(self.predictor.width, vision_encoder.output_dim)
         self.skipped_steps = 0
+        self._skip_optimizer_step = False
         self.val_recall = CrossModalRecall(top_k=recall_top_k)
         self.test_recall = CrossModalRecall(top_k=recall_top_k)
 
@@ -296,7 +297,7 @@ class VLJEPA(LightningModule):
         predictions = self.masked_head(hidden[:, start : start + hidden_positions.shape[1]])
         return self.masked_loss(predictions, targets)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """Computes and logs the losses, the temperature, learning rates and skipped samples.
 
         Raises:
@@ -305,7 +306,12 @@ class VLJEPA(LightningModule):
         losses = self.compute_losses(batch)
         size = batch_size_of(batch)
         if not self._losses_finite(losses):
-            return None
+            # Lightning refuses a None loss under DDP, and DDP needs a backward through every
+            # trainable parameter: a zero loss over them; on_before_optimizer_step then drops
+            # the (zero) gradients so that the optimizer leaves every weight as it is.
+            self._skip_optimizer_step = True
+            trainable = [p.sum() for p in self.parameters() if p.requires_grad]
+            return 0.0 * torch.stack(trainable).sum()
         self.log_dict(
             {f"train/loss_{k}" if k != "loss" else "train/loss": v for k, v in losses.items()},
             prog_bar=False,
@@ -344,6 +350,12 @@ class VLJEPA(LightningModule):
         self.skipped_steps += 1
         self.log("train/skipped_steps", float(self.skipped_steps), rank_zero_only=True)
         return False
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Drops a skipped step's gradients: AdamW then changes no weight and no moment."""
+        if self._skip_optimizer_step:
+            optimizer.zero_grad(set_to_none=True)
+            self._skip_optimizer_step = False
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuses non-finite weights and leaves out a reloadable frozen X-encoder.
