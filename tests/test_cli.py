@@ -30,7 +30,7 @@ def test_print_config_prints_full_config(capsys) -> None:
     for key in (
         "class_path: jepa_lightning.modules.VLJEPA",
         "vision_encoder:",
-        "max_steps: 3000",
+        "max_steps: 900",
         "ShapesDataModule",
     ):
         assert key in out
@@ -85,6 +85,9 @@ def test_python_m_fit_writes_checkpoint_and_events(tmp_path, shapes_root) -> Non
     assert list(logs.rglob("events.out.tfevents.*"))
     assert list(logs.rglob("checkpoints/last.ckpt"))
     assert list(logs.rglob("config.yaml"))
+    (last,) = logs.rglob("checkpoints/last.ckpt")
+    main(["export", str(last), str(tmp_path / "exported")])
+    assert (tmp_path / "exported" / "model.safetensors").is_file()
 
 
 def test_data_shapes_command(tmp_path) -> None:

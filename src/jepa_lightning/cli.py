@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from jepa_lightning.data.convert import convert_folder
 from jepa_lightning.data.feature_cache import cache_features
 from jepa_lightning.data.shapes import write_shapes_shards
+from jepa_lightning.export import export_checkpoint
 
 
 class JEPALightningCLI(LightningCLI):
@@ -35,7 +36,7 @@ DATA_COMMANDS: dict[str, Any] = {
     "convert": convert_folder,
     "cache": cache_features,
 }
-"""``jepa-lightning data <command>``: write the shapes shards, convert a folder."""
+"""``jepa-lightning data <command>``: write shapes shards, convert a folder, cache features."""
 
 
 def main(args: Sequence[str] | None = None) -> None:
@@ -44,7 +45,9 @@ def main(args: Sequence[str] | None = None) -> None:
     ``jepa-lightning {fit,validate,test,predict} --config ...`` is a
     LightningCLI in subclass mode: any ``LightningModule`` and
     ``LightningDataModule`` can be named by ``class_path``.
-    ``jepa-lightning data {shapes,convert} ...`` writes WebDataset shards.
+    ``jepa-lightning data {shapes,convert,cache} ...`` writes WebDataset
+    shards; ``jepa-lightning export CHECKPOINT OUTPUT`` writes the trained
+    Y-encoder and predictor as safetensors, loadable without Lightning.
 
     Args:
         args: Command-line arguments; default ``sys.argv[1:]``.
@@ -52,6 +55,9 @@ def main(args: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     if argv[:1] == ["data"]:
         auto_cli(DATA_COMMANDS, args=argv[1:], prog="jepa-lightning data")
+        return
+    if argv[:1] == ["export"]:
+        auto_cli(export_checkpoint, args=argv[1:], prog="jepa-lightning export")
         return
     JEPALightningCLI(
         LightningModule,
