@@ -11,14 +11,11 @@ polls the children with a deadline and kills them if they hang, so the suite can
 
 from __future__ import annotations
 
-import os
-import time
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from spawn import run_on_ranks
 from torch import nn
 
 import jepa_lightning.distributed as jl_dist
@@ -96,50 +93,26 @@ def collect(model: nn.Module, loss: torch.Tensor) -> dict[str, Any]:
     return {"loss": loss.detach().clone(), "grads": grads}
 
 
-def _worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
-    )
-    try:
-        results: dict[str, Any] = {}
-        default_use_reduce_scatter = jl_dist._use_reduce_scatter
-        for name, (_, _, reduce_scatter, _) in SCENARIOS.items():
-            jl_dist._use_reduce_scatter = (
-                (lambda group, device: True) if reduce_scatter else default_use_reduce_scatter
-            )
-            model = build_model(name)
-            ddp = nn.parallel.DistributedDataParallel(model)
-            x, y, valid = make_batch(name)
-            part = rank_slice(name, rank)
-            loss = ddp(x[part], y[part], None if valid is None else valid[part])
-            loss.backward()
-            results[name] = collect(model, loss)
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _run_rank(rank: int) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    default_use_reduce_scatter = jl_dist._use_reduce_scatter
+    for name, (_, _, reduce_scatter, _) in SCENARIOS.items():
+        jl_dist._use_reduce_scatter = (
+            (lambda group, device: True) if reduce_scatter else default_use_reduce_scatter
+        )
+        model = build_model(name)
+        ddp = nn.parallel.DistributedDataParallel(model)
+        x, y, valid = make_batch(name)
+        part = rank_slice(name, rank)
+        loss = ddp(x[part], y[part], None if valid is None else valid[part])
+        loss.backward()
+        results[name] = collect(model, loss)
+    return results
 
 
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    tmp_path = tmp_path_factory.mktemp("ddp")
-    context = mp.spawn(
-        _worker,
-        args=(WORLD_SIZE, str(tmp_path / "store"), str(tmp_path)),
-        nprocs=WORLD_SIZE,
-        join=False,
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not context.join(timeout=1.0):
-            if time.monotonic() > deadline:
-                pytest.fail(f"distributed workers did not finish within {TIMEOUT_S:.0f} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
-                process.join(5)
-    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+    return run_on_ranks(_run_rank, tmp_path_factory.mktemp("ddp"), WORLD_SIZE, TIMEOUT_S)
 
 
 def reference(name: str) -> dict[str, Any]:

@@ -7,14 +7,11 @@ equal the single-process metric over all the data.
 
 from __future__ import annotations
 
-import time
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from spawn import run_on_ranks
 from torch import Tensor
 
 from jepa_lightning.metrics import Alignment, CrossModalRecall, Uniformity
@@ -60,20 +57,8 @@ def _run(ranks: list[int]) -> dict[str, object]:
     return {name: metric.compute() for name, metric in metrics.items()}
 
 
-def _worker(rank: int, store: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{store}",
-        rank=rank,
-        world_size=WORLD_SIZE,
-        timeout=timedelta(seconds=60),
-    )
-    try:
-        results = _run([rank])
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _run_rank(rank: int) -> dict[str, object]:
+    return _run([rank])
 
 
 def _assert_same(actual: object, expected: object, name: str) -> None:
@@ -88,25 +73,12 @@ def _assert_same(actual: object, expected: object, name: str) -> None:
 
 @pytest.mark.filterwarnings("ignore:The ``compute`` method of metric")
 def test_synced_compute_equals_single_process(tmp_path: Path) -> None:
-    ctx = mp.spawn(
-        _worker,
-        args=(str(tmp_path / "filestore"), str(tmp_path)),
-        nprocs=WORLD_SIZE,
-        join=False,
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=1.0):  # re-raises a worker's exception
-        if time.monotonic() > deadline:
-            for process in ctx.processes:
-                if process.is_alive():
-                    process.kill()
-            pytest.fail(f"distributed metric workers did not finish within {TIMEOUT_S} s")
+    results_per_rank = run_on_ranks(_run_rank, tmp_path, WORLD_SIZE, TIMEOUT_S)
 
     expected = _run([0, 1])
     # sanity: the data is non-trivial and default ids of both ranks are in play
     recall = expected["recall"]
     assert isinstance(recall, dict) and 0.0 < recall["i2t/R@1"].item() < 1.0
-    for rank in range(WORLD_SIZE):
-        results = torch.load(tmp_path / f"rank{rank}.pt")
+    for rank, results in enumerate(results_per_rank):
         for name in expected:
             _assert_same(results[name], expected[name], f"rank{rank}/{name}")

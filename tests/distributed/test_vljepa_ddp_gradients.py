@@ -21,15 +21,12 @@ All scenarios run in one pair of spawned processes; the parent kills them at a d
 
 from __future__ import annotations
 
-import os
-import time
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from conftest import TINY_BERT, TINY_LLAMA, TINY_VIT, TOKENIZER
+from spawn import run_on_ranks
 from torch import Tensor, nn
 
 from jepa_lightning.encoders import TextEncoder, VisionEncoder
@@ -131,49 +128,25 @@ def gradients(model: nn.Module) -> dict[str, Tensor]:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
-    )
-    try:
-        results: dict[str, Any] = {}
-        rows = rank_rows(rank)
-        for name in SCENARIOS:
-            model = build_model(name, rows)
-            ddp = nn.parallel.DistributedDataParallel(LossOf(model), find_unused_parameters=False)
-            batch = make_batch(name, model, rows)
-            # The second step is where DDP reports parameters the first one left unused.
-            for _ in range(2):
-                ddp.zero_grad(set_to_none=True)
-                loss = ddp(batch)
-                loss.backward()
-            results[name] = {"loss": loss.detach(), "grads": gradients(model)}
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _run_rank(rank: int) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    rows = rank_rows(rank)
+    for name in SCENARIOS:
+        model = build_model(name, rows)
+        ddp = nn.parallel.DistributedDataParallel(LossOf(model), find_unused_parameters=False)
+        batch = make_batch(name, model, rows)
+        # The second step is where DDP reports parameters the first one left unused.
+        for _ in range(2):
+            ddp.zero_grad(set_to_none=True)
+            loss = ddp(batch)
+            loss.backward()
+        results[name] = {"loss": loss.detach(), "grads": gradients(model)}
+    return results
 
 
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    tmp_path = tmp_path_factory.mktemp("vljepa_ddp")
-    context = mp.spawn(
-        _worker,
-        args=(WORLD_SIZE, str(tmp_path / "store"), str(tmp_path)),
-        nprocs=WORLD_SIZE,
-        join=False,
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not context.join(timeout=1.0):
-            if time.monotonic() > deadline:
-                pytest.fail(f"distributed workers did not finish within {TIMEOUT_S:.0f} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
-                process.join(5)
-    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+    return run_on_ranks(_run_rank, tmp_path_factory.mktemp("vljepa_ddp"), WORLD_SIZE, TIMEOUT_S)
 
 
 def reference(name: str) -> tuple[VLJEPA, dict[str, Any]]:

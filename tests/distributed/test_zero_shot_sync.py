@@ -3,14 +3,11 @@ ranks' halves (unequal, one empty update, unlabelled rows) equals the single-pro
 
 from __future__ import annotations
 
-import time
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from spawn import run_on_ranks
 from torch import Tensor
 
 from jepa_lightning.metrics import ZeroShotAccuracy
@@ -39,39 +36,17 @@ def _run(ranks: list[int]) -> dict[str, Tensor]:
     return metric.compute()
 
 
-def _worker(rank: int, store: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{store}",
-        rank=rank,
-        world_size=WORLD_SIZE,
-        timeout=timedelta(seconds=60),
-    )
-    try:
-        torch.save(_run([rank]), Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _run_rank(rank: int) -> dict[str, Tensor]:
+    return _run([rank])
 
 
 @pytest.mark.filterwarnings("ignore:The ``compute`` method of metric")
 def test_synced_zero_shot_equals_single_process(tmp_path: Path) -> None:
-    ctx = mp.spawn(
-        _worker, args=(str(tmp_path / "filestore"), str(tmp_path)), nprocs=WORLD_SIZE, join=False
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=1.0):  # re-raises a worker's exception
-        if time.monotonic() > deadline:
-            for process in ctx.processes:
-                if process.is_alive():
-                    process.kill()
-            pytest.fail(f"distributed metric workers did not finish within {TIMEOUT_S} s")
-
+    results = run_on_ranks(_run_rank, tmp_path, WORLD_SIZE, TIMEOUT_S)
     expected = _run([0, 1])
     assert 0.0 < expected["top1"].item() < 1.0
     assert expected["top1"].item() != _run([0])["top1"].item()  # the halves differ
-    for rank in range(WORLD_SIZE):
-        result = torch.load(tmp_path / f"rank{rank}.pt")
+    for rank, result in enumerate(results):
         assert set(result) == set(expected)
         for key in expected:
             torch.testing.assert_close(result[key], expected[key], msg=f"rank{rank}/{key}")
