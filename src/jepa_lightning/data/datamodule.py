@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
 
-def _as_is(batch: dict[str, Any]) -> dict[str, Any]:
+def _as_is(batch: Any) -> Any:
     return batch
 
 

@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from lightning.pytorch import Trainer
+from PIL import Image
+from shard_factory import CORRUPT_IMAGE, NO_CAPTION, TRUNCATED, write_shards
+
+from jepa_lightning.data import ShapesDataModule, WebDataModule
+from jepa_lightning.data.convert import convert_folder
+from jepa_lightning.modules import VLJEPA
+
+
+def _attach(data: WebDataModule, world_size: int = 1, rank: int = 0, model: Any = None) -> None:
+    data.trainer = SimpleNamespace(  # type: ignore[assignment]
+        global_rank=rank, world_size=world_size, lightning_module=model, current_epoch=0
+    )
+
+
+def _trainer(tmp_path: Path, **kwargs: Any) -> Trainer:
+    return Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        **kwargs,
+    )
+
+
+def test_missing_shard_fails_before_training(tmp_path: Path) -> None:
+    write_shards(tmp_path, (3,), index=False)
+    data = WebDataModule(train_shards=str(tmp_path / "shard-{0000..0002}.tar"))
+    _attach(data)
+    with pytest.raises(FileNotFoundError, match=r"data\.train_shards: 2 of 3 shards"):
+        data.train_dataloader()
+
+
+def test_too_few_shards_without_resampling_fails(tmp_path: Path) -> None:
+    write_shards(tmp_path, (7, 50, 13))
+    data = WebDataModule(train_shards=str(tmp_path), batch_size=4, resampled=False, num_workers=2)
+    _attach(data, world_size=2)
+    with pytest.raises(ValueError, match=r"3 shards, fewer than the 2 ranks x 2 workers"):
+        data.train_dataloader()
+
+
+def test_epoch_length_needs_an_index_or_a_config(tmp_path: Path) -> None:
+    write_shards(tmp_path, (5, 5), index=False)
+    data = WebDataModule(train_shards=str(tmp_path), batch_size=4)
+    _attach(data)
+    with pytest.raises(ValueError, match="samples_per_epoch is required"):
+        data.train_dataloader()
+    data = WebDataModule(train_shards=str(tmp_path), batch_size=4, samples_per_epoch=3)
+    _attach(data)
+    with pytest.raises(ValueError, match="less than one batch of 4 on each of 1 ranks"):
+        data.train_dataloader()
+
+
+def test_train_weights_are_checked() -> None:
+    with pytest.raises(ValueError, match="one weight each"):
+        WebDataModule(train_shards="a", train_weights=[1.0])
+    with pytest.raises(ValueError, match="not all 0"):
+        WebDataModule(train_shards=["a", "b"], train_weights=[0.0, 0.0])
+    with pytest.raises(ValueError, match="needs data.resampled: true"):
+        WebDataModule(train_shards=["a", "b"], train_weights=[1.0, 2.0], resampled=False)
+
+
+def test_train_weights_mix_sources_by_samples(tmp_path: Path, tiny_model_kwargs) -> None:
+    small, large = tmp_path / "small", tmp_path / "large"
+    write_shards(small, (4, 4), image_size=32)
+    write_shards(large, (40,), image_size=32)
+    data = WebDataModule(
+        train_shards=[str(small), str(large)],
+        train_weights=[1.0, 1.0],
+        batch_size=8,
+        samples_per_epoch=800,
+        num_workers=0,
+    )
+    _attach(data, model=VLJEPA(**tiny_model_kwargs))
+    stream = data.train_dataloader().dataset
+    # Same share of samples: each small shard is drawn 5x as often as the large one.
+    assert stream.cum_weights == pytest.approx([1 / 8, 2 / 8, 2 / 8 + 1 / 40])
+
+
+BAD = {15: CORRUPT_IMAGE, 31: NO_CAPTION, 47: TRUNCATED}
+
+
+def test_training_on_corrupt_shards_skips_and_counts(tmp_path: Path, tiny_model_kwargs) -> None:
+    write_shards(tmp_path, (16, 16, 16), image_size=32, bad=BAD)
+    data = WebDataModule(
+        train_shards=str(tmp_path),
+        val_shards=str(tmp_path),
+        batch_size=4,
+        resampled=False,
+        num_workers=0,
+        shuffle_buffer=4,
+    )
+    trainer = _trainer(tmp_path, max_epochs=1)
+    trainer.fit(VLJEPA(**tiny_model_kwargs), data)
+    assert trainer.global_step == 12 == trainer.num_training_batches
+    assert trainer.callback_metrics["data/skipped"].item() == len(BAD)
+    assert math.isfinite(trainer.callback_metrics["val/loss"].item())
+
+
+def test_converted_folder_trains(tmp_path: Path, tiny_model_kwargs) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for number in range(12):
+        Image.new("RGB", (40, 36), (20 * number, 0, 0)).save(photos / f"p{number}.jpg")
+        (photos / f"p{number}.txt").write_text(f"a red photo number {number}")
+    (photos / "broken.jpg").write_bytes(b"not a jpeg")
+    (photos / "broken.txt").write_text("broken")
+    output = tmp_path / "shards"
+    report = convert_folder(str(photos), output=str(output), samples_per_shard=4, progress=False)
+    assert report.written == 12 and report.skipped == 1
+    data = WebDataModule(
+        train_shards=str(output), val_shards=str(output), batch_size=4, num_workers=0
+    )
+    trainer = _trainer(tmp_path, max_steps=3, limit_val_batches=1)
+    trainer.fit(VLJEPA(**tiny_model_kwargs), data)
+    assert trainer.global_step == 3
+    assert trainer.callback_metrics["data/skipped"].item() == 0
+
+
+def test_shapes_loaders_know_their_length(shapes_root: Path, tiny_model_kwargs) -> None:
+    data = ShapesDataModule(
+        root=str(shapes_root),
+        train_samples=256,
+        val_samples=64,
+        image_size=32,
+        batch_size=16,
+        num_workers=0,
+    )
+    _attach(data, world_size=2, model=VLJEPA(**tiny_model_kwargs))
+    assert len(data.train_dataloader()) == 256 // (16 * 2)
+    assert len(data.val_dataloader()) == 2  # 32 samples per rank

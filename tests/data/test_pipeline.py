@@ -1,0 +1,213 @@
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import TOKENIZER
+from shard_factory import CORRUPT_IMAGE, NO_CAPTION, TRUNCATED, write_shards
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer
+
+import jepa_lightning.data.pipeline as pipeline
+from jepa_lightning.data.collate import PairCollator
+from jepa_lightning.data.feature_cache import FeatureCodec
+from jepa_lightning.data.pipeline import (
+    Shard,
+    ShardRange,
+    ShardStream,
+    count_samples,
+    resolve_shards,
+    take_samples,
+)
+from jepa_lightning.encoders.text import TextCodec
+from jepa_lightning.encoders.vision import ImageCodec
+
+SIZES = (7, 50, 13)
+
+
+@pytest.fixture(scope="module")
+def collator() -> PairCollator:
+    return PairCollator(ImageCodec(16), TextCodec(AutoTokenizer.from_pretrained(TOKENIZER), 16))
+
+
+def _run(stream: ShardStream, epoch: int = 0) -> list[dict]:
+    stream.set_epoch(epoch)
+    return list(stream)
+
+
+def _keys(batches: list[dict]) -> list[str]:
+    return [key for batch in batches for key in batch["keys"]]
+
+
+@pytest.fixture(scope="module")
+def uneven_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("uneven_shards")
+    write_shards(folder, SIZES)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def shards(uneven_folder: Path) -> list[Shard]:
+    return resolve_shards(str(uneven_folder))
+
+
+def test_resolve_sources(tmp_path: Path, uneven_folder: Path) -> None:
+    indexed = resolve_shards(str(uneven_folder))
+    assert [s.num_samples for s in indexed] == list(SIZES)
+    bare = tmp_path / "bare"
+    paths = write_shards(bare, (2, 3), index=False)
+    assert [s.num_samples for s in resolve_shards(str(bare))] == [None, None]
+    pattern = str(bare / "shard-{0000..0001}.tar")
+    assert [s.url for s in resolve_shards(pattern)] == paths
+    mixed = resolve_shards([str(uneven_folder), paths[0], f"pipe:cat {paths[1]}"])
+    assert len(mixed) == 5 and mixed[-1].url == f"pipe:cat {paths[1]}"
+    assert count_samples(mixed[-1].url) == 3
+
+
+def test_missing_shard_and_empty_source_fail_with_the_key(tmp_path: Path) -> None:
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"data\.train_shards: 2 of 2 shards .*nope-0000\.tar, .*nope-0001\.tar",
+    ):
+        resolve_shards(str(tmp_path / "nope-{0000..0001}.tar"), "data.train_shards")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"data\.val_shards: folder .* no index\.json and no"):
+        resolve_shards(str(tmp_path / "empty"), "data.val_shards")
+    with pytest.raises(ValueError, match="names no shard"):
+        resolve_shards([], "data.train_shards")
+
+
+def test_take_samples_wraps_around() -> None:
+    shards = [Shard("a", 3), Shard("b", 0), Shard("c", 2)]
+    assert take_samples(shards, 2, 6) == [
+        ShardRange("a", 2, 3, 0),
+        ShardRange("c", 0, 2, 1),
+        ShardRange("a", 0, 3, 3),
+    ]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_epoch_mode_reads_each_sample_once_and_equal_batches(
+    shards: list[Shard], collator: PairCollator, world: int
+) -> None:
+    batch_size = 4
+    per_rank = sum(SIZES) // (world * batch_size)
+    orders = []
+    for epoch in range(2):
+        keys: list[str] = []
+        for rank in range(world):
+            stream = ShardStream(
+                shards, collator, batch_size, "epoch", per_rank, rank, world, shuffle_buffer=8
+            )
+            batches = _run(stream, epoch)
+            assert len(batches) == len(stream) == per_rank
+            assert all(len(b["keys"]) == batch_size for b in batches)
+            keys += _keys(batches)
+        assert len(keys) == len(set(keys)) == world * per_rank * batch_size
+        orders.append(keys)
+    assert orders[0] != orders[1]  # the shard order and the buffer change per epoch
+
+
+def test_epoch_mode_without_sizes_deals_whole_shards(
+    tmp_path: Path, collator: PairCollator
+) -> None:
+    bare = [Shard(url) for url in write_shards(tmp_path, SIZES, index=False)]
+    for rank in range(2):
+        stream = ShardStream(bare, collator, 4, "epoch", 9, rank, 2)
+        assert len(_run(stream)) == 9  # rank with 7 + 13 samples cycles, the other stops
+    with pytest.raises(ValueError, match="3 shards for 4 ranks"):
+        list(ShardStream(bare, collator, 4, "epoch", 9, 3, 4))
+
+
+def test_resampled_mode_equal_batches_and_weights(
+    shards: list[Shard], collator: PairCollator
+) -> None:
+    lengths = [
+        len(_run(ShardStream(shards, collator, 4, "resampled", 5, rank, 2))) for rank in range(2)
+    ]
+    assert lengths == [5, 5]
+    only_last = ShardStream(shards, collator, 4, "resampled", 5, shard_weights=[0, 0, 1])
+    assert {key[:2] for key in _keys(_run(only_last))} == {"s0"}
+    assert all(57 <= int(key[1:]) < 70 for key in _keys(_run(only_last)))
+    again = ShardStream(shards, collator, 4, "resampled", 5, shard_weights=[0, 0, 1])
+    assert _keys(_run(again)) == _keys(_run(only_last))  # seeded
+
+
+@pytest.mark.parametrize(("world", "batch_size"), [(1, 16), (2, 16), (3, 8), (2, 1)])
+def test_eval_mode_covers_every_sample_once_in_equal_steps(
+    shards: list[Shard], collator: PairCollator, world: int, batch_size: int
+) -> None:
+    keys: list[str] = []
+    lengths = []
+    for rank in range(world):
+        stream = ShardStream(shards, collator, batch_size, "eval", rank=rank, world_size=world)
+        batches = _run(stream)
+        lengths.append(len(batches))
+        assert len(batches) == len(stream)
+        assert all(1 <= len(b["keys"]) <= max(batch_size, 2) for b in batches)
+        keys += _keys(batches)
+    assert len(set(lengths)) == 1
+    assert keys == [f"s{n:05d}" for n in range(sum(SIZES))]  # in order, each once
+
+
+def test_eval_mode_with_workers(shards: list[Shard], collator: PairCollator) -> None:
+    stream = ShardStream(shards, collator, 8, "eval", rank=1, world_size=2)
+    loader = DataLoader(stream, batch_size=None, num_workers=2)
+    keys = [key for batch in loader for key in batch["keys"]]
+    assert len(loader) == len(stream)
+    assert sorted(keys) == [f"s{n:05d}" for n in range(35, 70)]
+
+
+def test_eval_needs_a_sample_per_rank(collator: PairCollator) -> None:
+    with pytest.raises(ValueError, match="2 evaluation samples cannot be shared by 3 ranks"):
+        ShardStream([Shard("a", 2)], collator, 4, "eval", world_size=3)
+
+
+BAD = {6: CORRUPT_IMAGE, 20: NO_CAPTION, 69: TRUNCATED}
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory: pytest.TempPathFactory) -> list[Shard]:
+    folder = tmp_path_factory.mktemp("broken")
+    write_shards(folder, SIZES, bad=BAD)
+    return resolve_shards(str(folder))
+
+
+def test_eval_skips_and_counts_bad_samples(broken: list[Shard], collator: PairCollator) -> None:
+    for world in (1, 2):
+        skipped, keys = 0, []
+        for rank in range(world):
+            batches = _run(ShardStream(broken, collator, 8, "eval", rank=rank, world_size=world))
+            skipped += sum(b["skipped"] for b in batches)
+            keys += _keys(batches)
+        assert skipped == len(BAD)
+        assert keys == [f"s{n:05d}" for n in range(sum(SIZES)) if n not in BAD]
+
+
+def test_epoch_mode_replaces_bad_samples(broken: list[Shard], collator: PairCollator) -> None:
+    for epoch in range(3):
+        stream = ShardStream(broken, collator, 5, "epoch", 14, shuffle_buffer=4)
+        batches = _run(stream, epoch)
+        keys = Counter(_keys(batches))
+        assert len(batches) == 14 and not keys.keys() & {f"s{n:05d}" for n in BAD}
+        # One pass reads every sample; the refill re-reads the start of the first shard.
+        assert sum(b["skipped"] for b in batches) >= len(BAD)
+        assert len(keys) == sum(SIZES) - len(BAD)
+
+
+def test_eval_batch_of_only_bad_samples_borrows(tmp_path: Path, collator: PairCollator) -> None:
+    write_shards(tmp_path, (6,), bad={0: CORRUPT_IMAGE, 1: NO_CAPTION})
+    stream = ShardStream(resolve_shards(str(tmp_path)), collator, 2, "eval")
+    batches = _run(stream)
+    assert [b["keys"] for b in batches] == [["s00002"], ["s00003"], ["s00004", "s00005"]]
+    assert [b["skipped"] for b in batches] == [2, 0, 0]
+
+
+def test_stream_of_unusable_samples_fails(
+    shards: list[Shard], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pipeline, "MAX_BAD_STREAK", 5)
+    features = PairCollator(FeatureCodec("float16", (4, 8)))
+    with pytest.raises(RuntimeError, match="consecutive samples .* no feat member"):
+        _run(ShardStream(shards, features, 4, "resampled", 3))
