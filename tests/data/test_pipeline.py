@@ -11,6 +11,7 @@ from transformers import AutoTokenizer
 
 import jepa_lightning.data.pipeline as pipeline
 from jepa_lightning.data.collate import PairCollator
+from jepa_lightning.data.datamodule import EpochDataLoader
 from jepa_lightning.data.feature_cache import FeatureCodec
 from jepa_lightning.data.pipeline import (
     Shard,
@@ -211,3 +212,22 @@ def test_stream_of_unusable_samples_fails(
     features = PairCollator(FeatureCodec("float16", (4, 8)))
     with pytest.raises(RuntimeError, match="consecutive samples .* no feat member"):
         _run(ShardStream(shards, features, 4, "resampled", 3))
+
+
+@pytest.mark.parametrize("mode", ["epoch", "resampled"])
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resumed_loader_continues_the_same_batches(
+    shards: list[Shard], collator: PairCollator, mode: str, num_workers: int
+) -> None:
+    stream = ShardStream(shards, collator, 4, mode, 5, shuffle_buffer=8)  # type: ignore[arg-type]
+
+    def keys_per_batch(done: int) -> list[list[str]]:
+        loader = EpochDataLoader(
+            stream, epoch_of=lambda: 1, resume_batches_of=lambda: done, num_workers=num_workers
+        )
+        return [batch["keys"] for batch in loader]
+
+    full = keys_per_batch(0)
+    assert len(full) == 5
+    for done in (1, 2, 3, 5):
+        assert keys_per_batch(done) == full[done % 5 :]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -40,16 +41,32 @@ class EpochDataLoader(DataLoader):
     Args:
         dataset: The stream.
         epoch_of: Returns the current epoch (the trainer's).
+        resume_batches_of: Returns how many batches of the epoch were already trained on
+            (non-zero when a run resumes mid-epoch): they are replayed and dropped. None for
+            evaluation loaders.
         **kwargs: ``DataLoader`` arguments.
     """
 
-    def __init__(self, dataset: ShardStream, epoch_of: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        dataset: ShardStream,
+        epoch_of: Callable[[], int],
+        resume_batches_of: Callable[[], int] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(dataset, batch_size=None, collate_fn=_as_is, **kwargs)
         self.epoch_of = epoch_of
+        self.resume_batches_of = resume_batches_of
 
     def __iter__(self) -> Any:
         self.dataset.set_epoch(self.epoch_of())  # type: ignore[attr-defined]
-        return super().__iter__()
+        batches = super().__iter__()
+        # The stream is seeded by the epoch, so replaying it and dropping the batches already
+        # trained on resumes a run exactly where it stopped.
+        done = self.resume_batches_of() % len(self) if self.resume_batches_of is not None else 0
+        for _ in range(done):
+            next(batches)
+        return batches
 
 
 class WebDataModule(LightningDataModule):
@@ -157,14 +174,21 @@ class WebDataModule(LightningDataModule):
             return 0, 1
         return self.trainer.global_rank, self.trainer.world_size
 
-    def _loader(self, stream: ShardStream) -> EpochDataLoader:
+    def _loader(self, stream: ShardStream, train: bool = False) -> EpochDataLoader:
         return EpochDataLoader(
             stream,
             epoch_of=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
+            resume_batches_of=self._batches_done_this_epoch if train else None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
         )
+
+    def _batches_done_this_epoch(self) -> int:
+        # Restored from the checkpoint when a run resumes; 0 at the start of an epoch.
+        if self.trainer is None:
+            return 0
+        return int(self.trainer.fit_loop.epoch_loop.batch_progress.current.ready)
 
     def _train_shards(self) -> tuple[list[Shard], list[float] | None]:
         """The training shards and, with ``train_weights``, each shard's draw weight."""
@@ -225,7 +249,7 @@ class WebDataModule(LightningDataModule):
             shuffle_buffer=self.shuffle_buffer,
             seed=self.seed,
         )
-        return self._loader(stream)
+        return self._loader(stream, train=True)
 
     def _eval_loader(self) -> EpochDataLoader:
         if self.val_shards is None:
