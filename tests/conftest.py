@@ -75,3 +75,12 @@ def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         str(root / "val"), 64, samples_per_shard=32, seed=1, split="val", image_size=32
     )
     return root
+
+
+def tiny_shapes_data(root: Path, batch_size: int = 16, **kwargs: Any) -> Any:
+    """A ShapesDataModule over the session's small shapes shards (see ``shapes_root``)."""
+    from jepa_lightning.data import ShapesDataModule
+
+    settings = {"train_samples": 256, "val_samples": 64, "image_size": 32, "num_workers": 0}
+    settings.update(shuffle_buffer=32, **kwargs)
+    return ShapesDataModule(root=str(root), batch_size=batch_size, **settings)

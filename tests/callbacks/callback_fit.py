@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from conftest import tiny_shapes_data
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from jepa_lightning.data import ShapesDataModule
 from jepa_lightning.modules import VLJEPA
 
 
@@ -22,15 +22,7 @@ def fit(
     **trainer_kwargs: Any,
 ) -> tuple[Trainer, Path]:
     """Fits 4 steps (validation after 2 and 4, 2 batches of 16) and returns the log dir."""
-    data = ShapesDataModule(
-        root=str(shapes_root),
-        train_samples=256,
-        val_samples=64,
-        image_size=32,
-        batch_size=16,
-        num_workers=0,
-        shuffle_buffer=32,
-    )
+    data = tiny_shapes_data(shapes_root)
     settings: dict[str, Any] = {
         "max_steps": 4,
         "val_check_interval": 2,

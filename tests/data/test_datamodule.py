@@ -6,11 +6,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from conftest import tiny_shapes_data
 from lightning.pytorch import Trainer
 from PIL import Image
 from shard_factory import CORRUPT_IMAGE, NO_CAPTION, TRUNCATED, write_shards
 
-from jepa_lightning.data import ShapesDataModule, WebDataModule
+from jepa_lightning.data import WebDataModule
 from jepa_lightning.data.convert import convert_folder
 from jepa_lightning.modules import VLJEPA
 
@@ -128,14 +129,7 @@ def test_converted_folder_trains(tmp_path: Path, tiny_model_kwargs) -> None:
 
 
 def test_shapes_loaders_know_their_length(shapes_root: Path, tiny_model_kwargs) -> None:
-    data = ShapesDataModule(
-        root=str(shapes_root),
-        train_samples=256,
-        val_samples=64,
-        image_size=32,
-        batch_size=16,
-        num_workers=0,
-    )
+    data = tiny_shapes_data(shapes_root)
     _attach(data, world_size=2, model=VLJEPA(**tiny_model_kwargs))
     assert len(data.train_dataloader()) == 256 // (16 * 2)
     assert len(data.val_dataloader()) == 2  # 32 samples per rank

@@ -2,10 +2,9 @@ import math
 
 import pytest
 import torch
-from conftest import TOKENIZER
+from conftest import TOKENIZER, tiny_shapes_data
 from lightning.pytorch import Trainer
 
-from jepa_lightning.data import ShapesDataModule
 from jepa_lightning.modules import VLJEPA
 from jepa_lightning.modules.vl_jepa import warmup_cosine
 
@@ -78,15 +77,7 @@ def test_warmup_cosine_schedule() -> None:
 def test_fit_logs_recall_and_keeps_encoder_frozen(tiny_model_kwargs, shapes_root, tmp_path) -> None:
     model = VLJEPA(**tiny_model_kwargs)
     frozen_before = [p.clone() for p in model.vision_encoder.parameters()]
-    data = ShapesDataModule(
-        root=str(shapes_root),
-        train_samples=256,
-        val_samples=64,
-        image_size=32,
-        batch_size=16,
-        num_workers=0,
-        shuffle_buffer=32,
-    )
+    data = tiny_shapes_data(shapes_root)
     trainer = Trainer(
         max_steps=6,
         val_check_interval=3,

@@ -2,25 +2,12 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_BERT, TINY_LLAMA, TINY_VIT, TOKENIZER
+from conftest import TINY_BERT, TINY_LLAMA, TINY_VIT, TOKENIZER, tiny_shapes_data
 from lightning.pytorch import Trainer
 from transformers import AutoConfig, AutoModel
 
-from jepa_lightning.data import ShapesDataModule
 from jepa_lightning.encoders import TextEncoder, VisionEncoder
 from jepa_lightning.modules import VLJEPA
-
-
-def data(shapes_root) -> ShapesDataModule:
-    return ShapesDataModule(
-        root=str(shapes_root),
-        train_samples=256,
-        val_samples=64,
-        image_size=32,
-        batch_size=16,
-        num_workers=0,
-        shuffle_buffer=32,
-    )
 
 
 def trainer(tmp_path, steps: int = 4) -> Trainer:
@@ -53,14 +40,14 @@ def test_nonfinite_loss_raises_naming_part_and_step(
     model = VLJEPA(**tiny_model_kwargs)
     nan_at_step(model, 2)
     with pytest.raises(FloatingPointError, match=r"global step 2.*caption=nan"):
-        trainer(tmp_path).fit(model, data(shapes_root))
+        trainer(tmp_path).fit(model, tiny_shapes_data(shapes_root))
 
 
 def test_nonfinite_loss_skip_keeps_weights_finite(tiny_model_kwargs, shapes_root, tmp_path) -> None:
     model = VLJEPA(**tiny_model_kwargs, on_nonfinite="skip")
     nan_at_step(model, 1)
     run = trainer(tmp_path)
-    run.fit(model, data(shapes_root))
+    run.fit(model, tiny_shapes_data(shapes_root))
     assert model.skipped_steps == 1
     assert all(torch.isfinite(p).all() for p in model.parameters())
     run.save_checkpoint(tmp_path / "ok.ckpt")
@@ -70,7 +57,7 @@ def test_nonfinite_loss_skip_keeps_weights_finite(tiny_model_kwargs, shapes_root
 def test_no_checkpoint_with_nonfinite_weights(tiny_model_kwargs, shapes_root, tmp_path) -> None:
     model = VLJEPA(**tiny_model_kwargs)
     run = trainer(tmp_path, steps=1)
-    run.fit(model, data(shapes_root))
+    run.fit(model, tiny_shapes_data(shapes_root))
     with torch.no_grad():
         model.predictor.output_proj.weight[0, 0] = float("inf")
     with pytest.raises(FloatingPointError, match="predictor.output_proj.weight"):
@@ -94,7 +81,7 @@ def test_frozen_pretrained_encoder_left_out_and_restored(shapes_root, tmp_path) 
 
     model = build()
     run = trainer(tmp_path, steps=2)
-    run.fit(model, data(shapes_root))
+    run.fit(model, tiny_shapes_data(shapes_root))
     run.save_checkpoint(tmp_path / "small.ckpt")
     checkpoint = torch.load(tmp_path / "small.ckpt", weights_only=False)
     assert not any(k.startswith("vision_encoder.") for k in checkpoint["state_dict"])
@@ -109,7 +96,7 @@ def test_frozen_pretrained_encoder_left_out_and_restored(shapes_root, tmp_path) 
 
     kept = build(save_frozen_encoder=True)
     run = trainer(tmp_path, steps=1)
-    run.fit(kept, data(shapes_root))
+    run.fit(kept, tiny_shapes_data(shapes_root))
     run.save_checkpoint(tmp_path / "full.ckpt")
     full = torch.load(tmp_path / "full.ckpt", weights_only=False)
     assert any(k.startswith("vision_encoder.") for k in full["state_dict"])
@@ -118,7 +105,7 @@ def test_frozen_pretrained_encoder_left_out_and_restored(shapes_root, tmp_path) 
 def test_random_init_encoder_is_always_saved(tiny_model_kwargs, shapes_root, tmp_path) -> None:
     model = VLJEPA(**tiny_model_kwargs)
     run = trainer(tmp_path, steps=1)
-    run.fit(model, data(shapes_root))
+    run.fit(model, tiny_shapes_data(shapes_root))
     run.save_checkpoint(tmp_path / "c.ckpt")
     checkpoint = torch.load(tmp_path / "c.ckpt", weights_only=False)
     assert any(k.startswith("vision_encoder.") for k in checkpoint["state_dict"])
