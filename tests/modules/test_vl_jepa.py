@@ -101,3 +101,34 @@ def test_fit_logs_recall_and_keeps_encoder_frozen(tiny_model_kwargs, shapes_root
 def test_text_encoder_tokenizer_used_for_queries(tiny_model_kwargs) -> None:
     model = VLJEPA(**tiny_model_kwargs)
     assert model.batch_collator().text.tokenizer.name_or_path == TOKENIZER
+
+
+def test_bf16_mixed_trains_with_fp32_loss_and_temperature(
+    tiny_model_kwargs, shapes_root, tmp_path
+) -> None:
+    model = VLJEPA(**tiny_model_kwargs, masked_weight=0.5)
+    dtypes: list[torch.dtype] = []
+    compute = model.compute_losses
+
+    def recording(batch):
+        losses = compute(batch)
+        dtypes.extend(v.dtype for v in losses.values())
+        return losses
+
+    model.compute_losses = recording  # type: ignore[method-assign]
+    trainer = Trainer(
+        max_steps=3,
+        val_check_interval=3,
+        check_val_every_n_epoch=None,
+        limit_val_batches=1,
+        precision="bf16-mixed",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, tiny_shapes_data(shapes_root))
+    assert dtypes and all(d == torch.float32 for d in dtypes)
+    assert model.caption_loss.logit_scale.dtype == torch.float32
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+    assert math.isfinite(float(trainer.callback_metrics["val/recall_mean"]))
