@@ -410,8 +410,9 @@ class VLJEPA(LightningModule):
 
     def _log_recall(self, recall: CrossModalRecall, prefix: str) -> None:
         scores = recall.compute()
-        self.log_dict({f"{prefix}/{k}": v for k, v in scores.items()}, prog_bar=False)
-        self.log(f"{prefix}/recall_mean", scores["mean"], prog_bar=True)
+        mean = scores.pop("mean")
+        self.log_dict({f"{prefix}/{k}": v for k, v in scores.items()})
+        self.log(f"{prefix}/recall_mean", mean, prog_bar=True)
         recall.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
