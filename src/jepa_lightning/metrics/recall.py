@@ -58,6 +58,19 @@ def _check_embedding(name: str, x: Any) -> Tensor:
     return x
 
 
+def _check_top_k(top_k: int | Sequence[int]) -> tuple[int, ...]:
+    """Validates ``top_k`` and returns its distinct values, ascending."""
+    ks = (top_k,) if isinstance(top_k, int) else tuple(top_k)
+    if len(ks) == 0:
+        raise ValueError("`top_k` must contain at least one value.")
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise TypeError(f"`top_k` values must be ints, got {k!r}.")
+        if k < 1:
+            raise ValueError(f"`top_k` values must be positive, got {k}.")
+    return tuple(sorted(set(ks)))
+
+
 def _normalize(x: Tensor) -> Tensor:
     """L2-normalise rows of ``x`` in (at least) float32 and return them detached in ``x.dtype``."""
     x = x.detach()
@@ -145,20 +158,12 @@ class CrossModalRecall(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        ks = (top_k,) if isinstance(top_k, int) else tuple(top_k)
-        if len(ks) == 0:
-            raise ValueError("`top_k` must contain at least one value.")
-        for k in ks:
-            if isinstance(k, bool) or not isinstance(k, int):
-                raise TypeError(f"`top_k` values must be ints, got {k!r}.")
-            if k < 1:
-                raise ValueError(f"`top_k` values must be positive, got {k}.")
         if chunk_size is not None:
             if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
                 raise TypeError(f"`chunk_size` must be an int or None, got {chunk_size!r}.")
             if chunk_size < 1:
                 raise ValueError(f"`chunk_size` must be positive, got {chunk_size}.")
-        self.top_k: tuple[int, ...] = tuple(sorted(set(ks)))
+        self.top_k = _check_top_k(top_k)
         self.chunk_size = chunk_size
 
         self.add_state("image_emb", default=[], dist_reduce_fx="cat")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
-from jepa_lightning.metrics.recall import _check_embedding, _math_dtype
+from jepa_lightning.metrics.recall import _check_embedding, _check_top_k, _math_dtype
 
 __all__ = ["ZeroShotAccuracy"]
 
@@ -68,15 +68,7 @@ class ZeroShotAccuracy(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        ks = (top_k,) if isinstance(top_k, int) else tuple(top_k)
-        if len(ks) == 0:
-            raise ValueError("`top_k` must contain at least one value.")
-        for k in ks:
-            if isinstance(k, bool) or not isinstance(k, int):
-                raise TypeError(f"`top_k` values must be ints, got {k!r}.")
-            if k < 1:
-                raise ValueError(f"`top_k` values must be positive, got {k}.")
-        self.top_k: tuple[int, ...] = tuple(sorted(set(ks)))
+        self.top_k = _check_top_k(top_k)
         self.ignore_index = ignore_index
         self.class_embeddings: Tensor | None = None
         if class_embeddings is not None:
