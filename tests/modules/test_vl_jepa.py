@@ -132,3 +132,17 @@ def test_bf16_mixed_trains_with_fp32_loss_and_temperature(
     assert model.caption_loss.logit_scale.dtype == torch.float32
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
     assert math.isfinite(float(trainer.callback_metrics["val/recall_mean"]))
+
+
+@pytest.mark.parametrize("query", [False, True])
+def test_validation_step_returns_the_retrieval_embeddings(tiny_model_kwargs, query) -> None:
+    model = VLJEPA(**tiny_model_kwargs).eval()
+    batch = batch_of(model, query=query)
+    with torch.no_grad(), pytest.warns(UserWarning, match=r"self\.log\(\)"):
+        outputs = model.validation_step(batch, 0)
+    with torch.no_grad():
+        images, texts = model.embed_batch(batch)
+    # Retrieval always uses the empty query, even when the loss used the batch's query.
+    torch.testing.assert_close(outputs["image_embeddings"], images)
+    torch.testing.assert_close(outputs["text_embeddings"], texts)
+    assert model.val_recall.update_count == 1

@@ -8,7 +8,11 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
-from jepa_lightning.callbacks.utils import batch_embeddings, require_vl_jepa
+from jepa_lightning.callbacks.utils import (
+    batch_embeddings,
+    require_vl_jepa,
+    validation_embeddings,
+)
 from jepa_lightning.distributed import gather_no_grad
 from jepa_lightning.metrics import Alignment, Uniformity
 
@@ -98,8 +102,7 @@ class EmbeddingMonitor(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         """Accumulates the batch's embeddings."""
-        model = require_vl_jepa(pl_module, type(self).__name__)
-        self.val_metrics.update(*batch_embeddings(model, batch))
+        self.val_metrics.update(*validation_embeddings(outputs, type(self).__name__))
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Logs the metrics over the whole validation set."""

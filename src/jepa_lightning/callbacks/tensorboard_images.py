@@ -12,9 +12,9 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from jepa_lightning.callbacks.utils import (
-    batch_embeddings,
     require_vl_jepa,
     tensorboard_logger,
+    validation_embeddings,
 )
 
 HIT_COLOUR = (40, 200, 60)
@@ -27,9 +27,9 @@ _ROW_TEXT_HEIGHT = 12
 class TensorBoardImages(Callback):
     """Writes, after each validation, an embedding projector and a retrieval grid.
 
-    Both use the first ``max_samples`` validation samples of rank 0 (every rank computes
-    their embeddings, so that a sharded model's forward is not run on one rank alone; only
-    rank 0 writes). Nothing is written without a ``TensorBoardLogger`` or in the sanity check.
+    Both use the first ``max_samples`` validation samples of rank 0 and the embeddings
+    that the validation step returned for them (only rank 0 writes). Nothing is written
+    without a ``TensorBoardLogger`` or in the sanity check.
 
     * Projector (``add_embedding``, tag ``val_embeddings``): the predicted image embeddings
       ``ŝ`` (thumbnails) and the caption embeddings ``s`` (grey tiles) in one space, with the
@@ -95,14 +95,11 @@ class TensorBoardImages(Callback):
             return
         if "inputs" not in batch:
             raise ValueError(f"{type(self).__name__} needs the batch's images (`inputs`)")
-        model = require_vl_jepa(pl_module, type(self).__name__)
-        keys = ("inputs", "features", "caption_ids", "caption_mask", "pair_ids")
-        part = {k: batch[k][:take] for k in keys if k in batch}
-        self._images.append(part["inputs"].cpu())
-        self._pair_ids.append(part["pair_ids"].cpu())
-        predicted, texts = batch_embeddings(model, part)
-        self._predicted.append(predicted.cpu())
-        self._texts.append(texts.cpu())
+        predicted, texts = validation_embeddings(outputs, type(self).__name__)
+        self._images.append(batch["inputs"][:take].cpu())
+        self._pair_ids.append(batch["pair_ids"][:take].cpu())
+        self._predicted.append(predicted[:take].cpu())
+        self._texts.append(texts[:take].cpu())
         self._captions.extend(batch["captions"][:take])
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

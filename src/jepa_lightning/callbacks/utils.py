@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -43,6 +44,27 @@ def batch_embeddings(model: VLJEPA, batch: dict[str, Any]) -> tuple[Tensor, Tens
     """
     images, texts = model.embed_batch(batch)
     return images.float(), texts.float()
+
+
+def validation_embeddings(outputs: Any, callback: str) -> tuple[Tensor, Tensor]:
+    """The ``ŝ`` and ``s`` that ``VLJEPA.validation_step`` returned for a batch, float32.
+
+    Args:
+        outputs: What the validation step returned.
+        callback: The callback's name, for the error message.
+
+    Returns:
+        ``(B, D)`` unit-norm image and caption embeddings.
+
+    Raises:
+        TypeError: If the step returned no embeddings.
+    """
+    if not isinstance(outputs, Mapping) or "image_embeddings" not in outputs:
+        raise TypeError(
+            f"{callback} reads the embeddings that VLJEPA.validation_step returns, "
+            f"got {type(outputs).__name__}"
+        )
+    return outputs["image_embeddings"].float(), outputs["text_embeddings"].float()
 
 
 def tensorboard_logger(trainer: Trainer) -> TensorBoardLogger | None:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
-from jepa_lightning.callbacks.utils import batch_embeddings, require_vl_jepa
+from jepa_lightning.callbacks.utils import require_vl_jepa, validation_embeddings
 from jepa_lightning.metrics import ZeroShotAccuracy
 from jepa_lightning.modules import VLJEPA
 
@@ -107,8 +107,7 @@ class ZeroShotEvaluator(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         """Classifies the batch's images for every task."""
-        model = require_vl_jepa(pl_module, type(self).__name__)
-        images, _ = batch_embeddings(model, batch)
+        images, _ = validation_embeddings(outputs, type(self).__name__)
         metas = batch.get("meta") or [{}] * images.shape[0]
         for task, metric in self.metrics.items():
             metric.update(images, self.labels(metas, task).to(images.device))

@@ -226,8 +226,25 @@ class VLJEPA(LightningModule):
         Returns:
             ``(B, embed_dim)`` unit-norm image and caption embeddings.
         """
-        images = F.normalize(self._predict(self.visual_tokens(batch), None, None), dim=-1)
-        return images, self.embed_texts(batch["caption_ids"], batch["caption_mask"])
+        return self._retrieval_embeddings(batch, self.visual_tokens(batch))
+
+    def _retrieval_embeddings(
+        self,
+        batch: dict[str, Any],
+        visual: Tensor,
+        caption_pair: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """``ŝ`` (empty query) and ``s``, unit norm, reusing the caption objective's pair.
+
+        The caption loss's target is ``s``; its prediction is ``ŝ`` unless the batch has a
+        query (retrieval always uses the empty one).
+        """
+        predicted, target = caption_pair if caption_pair is not None else (None, None)
+        if predicted is None or "query_ids" in batch:
+            predicted = self._predict(visual, None, None)
+        if target is None:
+            target = self._text_targets(batch["caption_ids"], batch["caption_mask"])
+        return F.normalize(predicted, dim=-1), F.normalize(target, dim=-1)
 
     def visual_tokens(self, batch: dict[str, Any]) -> Tensor:
         """The X-encoder's tokens of a batch: cached ``features`` if present, else encoded.
@@ -262,12 +279,20 @@ class VLJEPA(LightningModule):
         Returns:
             ``loss`` (the weighted total) and ``caption``/``masked`` parts.
         """
-        visual = self.visual_tokens(batch)
+        return self._losses(batch, self.visual_tokens(batch))[0]
+
+    def _losses(
+        self, batch: dict[str, Any], visual: Tensor
+    ) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor] | None]:
+        """The losses, and the caption objective's (prediction, target) pair if it is on."""
         losses: dict[str, Tensor] = {}
+        caption_pair = None
         if self.caption_weight > 0:
-            predicted = self._predict(visual, batch.get("query_ids"), batch.get("query_mask"))
-            target = self._text_targets(batch["caption_ids"], batch["caption_mask"])
-            losses["caption"] = self.caption_loss(predicted, target)
+            caption_pair = (
+                self._predict(visual, batch.get("query_ids"), batch.get("query_mask")),
+                self._text_targets(batch["caption_ids"], batch["caption_mask"]),
+            )
+            losses["caption"] = self.caption_loss(*caption_pair)
         if self.masked_weight > 0:
             losses["masked"] = self._masked_token_loss(visual, batch)
         weights = {"caption": self.caption_weight, "masked": self.masked_weight}
@@ -275,7 +300,7 @@ class VLJEPA(LightningModule):
             (weights[name] * value for name, value in losses.items()),
             start=torch.zeros((), device=visual.device),
         )
-        return losses
+        return losses, caption_pair
 
     def _masked_token_loss(self, visual: Tensor, batch: dict[str, Any]) -> Tensor:
         assert self.mask_generator is not None and self.masked_head is not None
@@ -401,12 +426,15 @@ class VLJEPA(LightningModule):
         """Clamps the learnable temperature's parameter after each step (as CLIP does)."""
         self.caption_loss.clamp_logit_scale_()
 
-    def _evaluate(self, batch: dict[str, Any], recall: CrossModalRecall, prefix: str) -> None:
-        size = batch_size_of(batch)
-        losses = self.compute_losses(batch)
-        self.log(f"{prefix}/loss", losses["loss"], batch_size=size, sync_dist=True)
-        images, texts = self.embed_batch(batch)
+    def _evaluate(
+        self, batch: dict[str, Any], recall: CrossModalRecall, prefix: str
+    ) -> dict[str, Tensor]:
+        visual = self.visual_tokens(batch)  # once: the loss and the embeddings share it
+        losses, caption_pair = self._losses(batch, visual)
+        self.log(f"{prefix}/loss", losses["loss"], batch_size=batch_size_of(batch), sync_dist=True)
+        images, texts = self._retrieval_embeddings(batch, visual, caption_pair)
         recall.update(images, texts, batch["pair_ids"])
+        return {"image_embeddings": images, "text_embeddings": texts}
 
     def _log_recall(self, recall: CrossModalRecall, prefix: str) -> None:
         scores = recall.compute()
@@ -415,17 +443,22 @@ class VLJEPA(LightningModule):
         self.log(f"{prefix}/recall_mean", mean, prog_bar=True)
         recall.reset()
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Accumulates validation embeddings for recall@k and logs the loss."""
-        self._evaluate(batch, self.val_recall, "val")
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        """Accumulates validation embeddings for recall@k and logs the loss.
+
+        Returns:
+            ``image_embeddings`` (``ŝ``, empty query) and ``text_embeddings`` (``s``), unit
+            norm: what the validation callbacks read, so that they run no forward of their own.
+        """
+        return self._evaluate(batch, self.val_recall, "val")
 
     def on_validation_epoch_end(self) -> None:
         """Logs image→text and text→image recall@k over the whole validation set."""
         self._log_recall(self.val_recall, "val")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Accumulates test embeddings for recall@k and logs the loss."""
-        self._evaluate(batch, self.test_recall, "test")
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        """Accumulates test embeddings for recall@k and logs the loss; returns them."""
+        return self._evaluate(batch, self.test_recall, "test")
 
     def on_test_epoch_end(self) -> None:
         """Logs image→text and text→image recall@k over the whole test set."""
