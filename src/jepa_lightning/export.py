@@ -31,7 +31,7 @@ from transformers import PretrainedConfig
 
 from jepa_lightning.encoders.base import ModalityEncoder
 from jepa_lightning.encoders.hf import describe_source
-from jepa_lightning.encoders.text import TextEncoder, masked_mean
+from jepa_lightning.encoders.text import TextEncoder, collate_optional_texts, masked_mean
 from jepa_lightning.predictor import Predictor
 
 if TYPE_CHECKING:
@@ -124,11 +124,12 @@ class ExportedVLJEPA(nn.Module):
             return F.normalize(self.predictor(visual), dim=-1)
         if len(query) != visual.shape[0]:
             raise ValueError(f"predict: {len(query)} queries for {visual.shape[0]} rows of tokens")
-        input_ids, mask = self._tokenize([q or "" for q in query])
         # As the data collator does: a row without a query has no query token.
-        has_query = torch.tensor([bool(q) for q in query], device=mask.device)
-        query_embeds = self.text_encoder.embed_tokens(input_ids)
-        return F.normalize(self.predictor(visual, query_embeds, mask & has_query[:, None]), dim=-1)
+        tokens = collate_optional_texts(self.text_encoder.codec(), query)
+        device = self.logit_scale.device
+        query_embeds = self.text_encoder.embed_tokens(tokens["input_ids"].to(device))
+        mask = tokens["attention_mask"].to(device)
+        return F.normalize(self.predictor(visual, query_embeds, mask), dim=-1)
 
 
 def _config_dict(config: PretrainedConfig, **overrides: Any) -> dict[str, Any]:

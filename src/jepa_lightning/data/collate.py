@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from jepa_lightning.encoders.base import SampleCodec
+from jepa_lightning.encoders.text import collate_optional_texts
 
 
 class SampleError(ValueError):
@@ -150,10 +151,9 @@ class PairCollator:
         batch["caption_mask"] = tokens["attention_mask"].bool()
         queries = [s["query"] for s in samples]
         if any(queries):
-            has_query = torch.tensor([bool(q) for q in queries])
-            query_tokens = self.text.collate([q or "" for q in queries])
+            query_tokens = collate_optional_texts(self.text, queries)
             batch["query_ids"] = query_tokens["input_ids"]
-            batch["query_mask"] = query_tokens["attention_mask"].bool() & has_query[:, None]
+            batch["query_mask"] = query_tokens["attention_mask"]
         return batch
 
 

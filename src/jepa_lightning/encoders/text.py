@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from jepa_lightning.encoders.base import EncoderOutput, ModalityEncoder
+from jepa_lightning.encoders.base import EncoderOutput, ModalityEncoder, SampleCodec
 from jepa_lightning.encoders.hf import ModelSource, build_model
 
 
@@ -25,6 +25,24 @@ def masked_mean(tokens: Tensor, mask: Tensor) -> Tensor:
     """
     weights = mask.to(tokens.dtype).unsqueeze(-1)
     return (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def collate_optional_texts(codec: SampleCodec, texts: Sequence[str | None]) -> dict[str, Tensor]:
+    """Tokenises texts some rows lack (queries): a row without text has no real token.
+
+    Args:
+        codec: The text codec.
+        texts: One text per row; None or ``""`` for a row without one.
+
+    Returns:
+        ``input_ids`` and ``attention_mask`` (boolean; all False on rows without text).
+    """
+    present = torch.tensor([bool(text) for text in texts])
+    tokens = codec.collate([text or "" for text in texts])
+    return {
+        "input_ids": tokens["input_ids"],
+        "attention_mask": tokens["attention_mask"].bool() & present[:, None],
+    }
 
 
 @dataclass(frozen=True)
