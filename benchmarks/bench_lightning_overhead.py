@@ -30,7 +30,6 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,6 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from jepa_lightning.data.shapes import ShapesSpec, generate_sample
 from jepa_lightning.encoders import TextEncoder, VisionEncoder
 from jepa_lightning.modules import VLJEPA
-from jepa_lightning.modules.vl_jepa import warmup_cosine
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "shapes_tiny.yaml"
@@ -140,19 +138,7 @@ def lightning_run(
 
 def plain_run(model: VLJEPA, batches: list[dict[str, Any]], warmup: int) -> float:
     """Seconds per step of a hand-written loop over ``batches`` (after ``warmup`` steps)."""
-    groups = model.parameter_groups()
-    for group in groups:
-        group["lr"] = model.lr * group["lr_multiplier"]
-    optimizer = torch.optim.AdamW(
-        groups, lr=model.lr, weight_decay=model.weight_decay, betas=model.betas
-    )
-    schedule = partial(
-        warmup_cosine,
-        warmup_steps=model.warmup_steps,
-        total_steps=len(batches),
-        min_lr_ratio=model.min_lr_ratio,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    optimizer, scheduler = model.build_optimizer(len(batches))
     model.train()
     start = 0.0
     for step, batch in enumerate(batches):

@@ -512,11 +512,16 @@ class VLJEPA(LightningModule):
             groups.append(group)
         return groups
 
-    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
-        """AdamW over :meth:`parameter_groups` with a warmup + cosine schedule per step.
+    def build_optimizer(
+        self, total_steps: int
+    ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+        """AdamW over :meth:`parameter_groups` and its warmup + cosine schedule per step.
 
-        Raises:
-            ValueError: If the run has no finite length (set ``trainer.max_steps``).
+        Args:
+            total_steps: Optimizer steps of the whole run (the schedule's length).
+
+        Returns:
+            The optimizer and its learning-rate scheduler.
         """
         groups = self.parameter_groups()
         for group in groups:
@@ -524,19 +529,27 @@ class VLJEPA(LightningModule):
         optimizer = torch.optim.AdamW(
             groups, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas
         )
+        schedule = partial(
+            warmup_cosine,
+            warmup_steps=self.warmup_steps,
+            total_steps=total_steps,
+            min_lr_ratio=self.min_lr_ratio,
+        )
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
+        """:meth:`build_optimizer` for the trainer's run, the scheduler stepped per step.
+
+        Raises:
+            ValueError: If the run has no finite length (set ``trainer.max_steps``).
+        """
         total_steps = self.trainer.estimated_stepping_batches
         if not math.isfinite(total_steps):
             raise ValueError(
                 "the learning-rate schedule needs a finite run: set trainer.max_steps "
                 "(streaming data has no epoch length)"
             )
-        schedule = partial(
-            warmup_cosine,
-            warmup_steps=self.warmup_steps,
-            total_steps=int(total_steps),
-            min_lr_ratio=self.min_lr_ratio,
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        optimizer, scheduler = self.build_optimizer(int(total_steps))
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
