@@ -54,7 +54,7 @@ def tiny_model_kwargs() -> dict[str, Any]:
     from jepa_lightning.encoders import TextEncoder, VisionEncoder
 
     return {
-        "vision_encoder": VisionEncoder(TINY_VIT, image_mean=[0.5] * 3, image_std=[0.5] * 3),
+        "x_encoder": VisionEncoder(TINY_VIT, image_mean=[0.5] * 3, image_std=[0.5] * 3),
         "text_encoder": TextEncoder(TINY_BERT, tokenizer=TOKENIZER, lr_multiplier=0.5),
         "embed_dim": 16,
         "predictor_lm": TINY_LLAMA,
@@ -77,10 +77,11 @@ def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def tiny_shapes_data(root: Path, batch_size: int = 16, **kwargs: Any) -> Any:
-    """A ShapesDataModule over the session's small shapes shards (see ``shapes_root``)."""
+def tiny_shapes_data(root: Path, model: Any, batch_size: int = 16, **kwargs: Any) -> Any:
+    """A ShapesDataModule over the session's small shapes shards (see ``shapes_root``), with
+    the collator of ``model`` (a VLJEPA)."""
     from jepa_lightning.data import ShapesDataModule
 
     settings = {"train_samples": 256, "val_samples": 64, "image_size": 32, "num_workers": 0}
-    settings.update(shuffle_buffer=32, **kwargs)
+    settings.update(shuffle_buffer=32, collator=model.batch_collator(), **kwargs)
     return ShapesDataModule(root=str(root), batch_size=batch_size, **settings)

@@ -1,141 +1,49 @@
-"""Exporting a trained VL-JEPA for inference, and loading the export without Lightning.
+"""Exporting a trained VL-JEPA model core, and loading the export without Lightning.
 
 An export is a folder:
 
-* ``model.safetensors``: the weights of :class:`ExportedVLJEPA`: the Y-encoder, the
-  predictor, the text projection and the (clamped) logit scale;
-* ``config.json``: what rebuilds them: the shared width, the temperature, the Y-encoder's
-  and the predictor LM's ``transformers`` configs, and a description of the X-encoder;
+* ``model.safetensors``: every weight of the :class:`~jepa_lightning.models.VLJEPAModel`,
+  the X-encoder included;
+* ``config.json``: what rebuilds it: the shared width, the learned temperature, the
+  X-encoder's class and arguments (its ``transformers`` config, normalisation) and
+  description, the Y-encoder's and the predictor LM's ``transformers`` configs;
 * ``tokenizer/``: the Y-encoder's tokenizer (``save_pretrained``).
 
-The frozen X-encoder is not exported: ``config.json`` records its source (hub name, folder
-or config dict) and geometry, and :meth:`ExportedVLJEPA.predict` takes its visual tokens.
-An X-encoder built from a config dict has random weights: its tokens must come from the
-checkpoint the export was made from.
-
-:func:`load_exported` needs ``torch``, ``transformers`` and ``safetensors``, not Lightning.
+:func:`load_exported` rebuilds the same model core that training used (no forward of its
+own) and needs ``torch``, ``transformers`` and ``safetensors``, not Lightning.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
-from torch import Tensor, nn
 from transformers import PretrainedConfig
 
 from jepa_lightning.encoders.base import ModalityEncoder
-from jepa_lightning.encoders.hf import describe_source
-from jepa_lightning.encoders.text import TextEncoder, collate_optional_texts, masked_mean
+from jepa_lightning.encoders.text import TextEncoder
+from jepa_lightning.encoders.vision import VisionEncoder
+from jepa_lightning.models.vl_jepa import VLJEPAModel
 from jepa_lightning.predictor import Predictor
 
 if TYPE_CHECKING:
     from jepa_lightning.modules.vl_jepa import VLJEPA
 
 EXPORT_FORMAT = "jepa-lightning/vl-jepa-export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 TOKENIZER_DIR = "tokenizer"
 
 
-class ExportedVLJEPA(nn.Module):
-    """A trained VL-JEPA for inference: text embeddings ``s`` and predictions ``ŝ``.
-
-    Both are L2-normalised, as VLJEPA's retrieval embeddings are: a text embeds as
-    ``s = normalize(W · masked_mean(Y(text)))``, visual tokens (with an optional query) as
-    ``ŝ = normalize(predictor(tokens, query))``.
-
-    Args:
-        text_encoder: The Y-encoder with its tokenizer.
-        predictor: The predictor.
-        text_projection: Projection of the pooled Y-encoder tokens to the shared width.
-        logit_scale: The InfoNCE logit scale, ``log(1 / temperature)``.
-        vision_encoder: Description of the X-encoder whose tokens :meth:`predict` takes.
-    """
-
-    logit_scale: Tensor
-
-    def __init__(
-        self,
-        text_encoder: TextEncoder,
-        predictor: Predictor,
-        text_projection: nn.Linear,
-        logit_scale: Tensor,
-        vision_encoder: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__()
-        self.text_encoder = text_encoder
-        self.predictor = predictor
-        self.text_projection = text_projection
-        self.register_buffer("logit_scale", logit_scale.detach().clone().float())
-        self.vision_encoder_info = dict(vision_encoder or {})
-
-    @property
-    def embed_dim(self) -> int:
-        """Width of the shared embedding space."""
-        return self.text_projection.out_features
-
-    @property
-    def temperature(self) -> float:
-        """The learned InfoNCE temperature ``1 / exp(logit_scale)``."""
-        return float(torch.exp(-self.logit_scale))
-
-    def _tokenize(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
-        tokens = self.text_encoder.tokenize(texts)
-        device = self.logit_scale.device
-        return tokens["input_ids"].to(device), tokens["attention_mask"].to(device).bool()
-
-    def embed_texts(self, texts: Sequence[str]) -> Tensor:
-        """Embeds texts as targets ``s``.
-
-        Args:
-            texts: The texts (truncated to the Y-encoder's ``max_length`` tokens).
-
-        Returns:
-            ``(len(texts), embed_dim)`` unit-norm embeddings.
-        """
-        input_ids, mask = self._tokenize(texts)
-        tokens, valid = self.text_encoder({"input_ids": input_ids, "attention_mask": mask})
-        return F.normalize(self.text_projection(masked_mean(tokens, valid)), dim=-1)
-
-    def predict(self, visual_tokens: Tensor, query: Sequence[str] | None = None) -> Tensor:
-        """Predicts the embeddings ``ŝ`` of visual tokens, optionally given queries.
-
-        Args:
-            visual_tokens: ``(B, N, Dx)`` tokens of the X-encoder described in
-                ``vision_encoder_info``.
-            query: One query per row (an empty string: no query), or None: predict the
-                caption, as for retrieval.
-
-        Returns:
-            ``(B, embed_dim)`` unit-norm predicted embeddings.
-
-        Raises:
-            ValueError: If ``query`` does not have one entry per row.
-        """
-        visual = visual_tokens.to(self.predictor.visual_proj.weight)
-        if query is None:
-            return F.normalize(self.predictor(visual), dim=-1)
-        if len(query) != visual.shape[0]:
-            raise ValueError(f"predict: {len(query)} queries for {visual.shape[0]} rows of tokens")
-        # As the data collator does: a row without a query has no query token.
-        tokens = collate_optional_texts(self.text_encoder.codec(), query)
-        device = self.logit_scale.device
-        query_embeds = self.text_encoder.embed_tokens(tokens["input_ids"].to(device))
-        mask = tokens["attention_mask"].to(device)
-        return F.normalize(self.predictor(visual, query_embeds, mask), dim=-1)
-
-
 def _config_dict(config: PretrainedConfig, **overrides: Any) -> dict[str, Any]:
     """A ``transformers`` config as a dict that rebuilds it in float32 (weights load into it)."""
     fields = config.to_dict()
-    for key in ("dtype", "torch_dtype"):
+    for key in ("dtype", "torch_dtype", "transformers_version", "architectures", "_name_or_path"):
         fields.pop(key, None)
     fields.update(overrides)
     return fields
@@ -161,70 +69,58 @@ def _predictor_lm_config(predictor: Predictor) -> dict[str, Any]:
     return _config_dict(config, **overrides)
 
 
-def _vision_encoder_info(encoder: ModalityEncoder) -> dict[str, Any]:
-    """What ``predict`` needs to know of the X-encoder: its source and token geometry."""
-    source = getattr(encoder, "source", None)
-    info: dict[str, Any] = {
-        "class": f"{type(encoder).__module__}.{type(encoder).__qualname__}",
-        "source": source if isinstance(source, str | Mapping) else None,
-        "description": describe_source(source) if source is not None else None,
-        "output_dim": encoder.output_dim,
-        "num_tokens": getattr(encoder, "num_tokens", None),
+def _x_encoder_config(encoder: ModalityEncoder) -> dict[str, Any]:
+    """The class path and arguments that rebuild the X-encoder (random weights, same shape)."""
+    if not isinstance(encoder, VisionEncoder):
+        raise ValueError(f"export rebuilds VisionEncoder X-encoders; got {type(encoder).__name__}")
+    return {
+        "class_path": "jepa_lightning.encoders.VisionEncoder",
+        "init_args": {
+            "model": _config_dict(encoder.model_config),
+            "frozen": encoder.frozen,
+            "image_mean": encoder.image_mean.flatten().tolist(),
+            "image_std": encoder.image_std.flatten().tolist(),
+        },
     }
-    for name in ("grid_size", "image_size"):
-        value = getattr(encoder, name, None)
-        if value is not None:
-            info[name] = list(value) if isinstance(value, tuple) else value
-    for name in ("image_mean", "image_std"):
-        value = getattr(encoder, name, None)
-        if isinstance(value, Tensor):
-            info[name] = value.flatten().tolist()
-    return info
 
 
-def export_model(model: VLJEPA, output: str) -> str:
-    """Exports a VLJEPA's Y-encoder, predictor, projection and temperature to a folder.
+def export_model(model: VLJEPA | VLJEPAModel, output: str) -> str:
+    """Exports a VL-JEPA model core, with the learned temperature, to a folder.
 
     Args:
-        model: The trained model.
+        model: The trained LightningModule, or its model core.
         output: The folder to write (created; files in it are overwritten).
 
     Returns:
         The folder.
 
     Raises:
-        ValueError: If the predictor's LM config cannot be recovered.
+        ValueError: If the predictor's LM config cannot be recovered or the X-encoder is
+            not a :class:`~jepa_lightning.encoders.VisionEncoder`.
     """
+    core = model if isinstance(model, VLJEPAModel) else model.model
+    temperature = None
+    if not isinstance(model, VLJEPAModel) and "caption" in model.objectives:
+        temperature = model.objectives["caption"].temperature
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
-    text_encoder = model.text_encoder
-    predictor = model.predictor
-    logit_scale = model.caption_loss.scale().detach().log()
-    vision_encoder = _vision_encoder_info(model.vision_encoder)
+    text_encoder = core.text_encoder
     config = {
         "format": EXPORT_FORMAT,
         "format_version": FORMAT_VERSION,
-        "embed_dim": model.text_projection.out_features,
-        "temperature": float(torch.exp(-logit_scale)),
+        "embed_dim": core.embed_dim,
+        "temperature": temperature,
+        "x_encoder": {**_x_encoder_config(core.x_encoder), "describe": core.x_encoder.describe()},
         "text_encoder": {
-            "source": describe_source(text_encoder.source),
+            "model": _config_dict(text_encoder.model.config),
             "max_length": text_encoder.max_length,
-            "model_config": _config_dict(text_encoder.model.config),
+            "frozen": text_encoder.frozen,
         },
-        "predictor": {
-            "visual_dim": predictor.visual_proj.in_features,
-            "query_dim": predictor.query_proj.in_features,
-            "num_visual_tokens": predictor.num_visual_tokens,
-            "lm_config": _predictor_lm_config(predictor),
-        },
-        "vision_encoder": vision_encoder,
+        "predictor": {"lm_config": _predictor_lm_config(core.predictor)},
     }
-    exported = ExportedVLJEPA(
-        text_encoder, predictor, model.text_projection, logit_scale, vision_encoder
-    )
     text_encoder.tokenizer.save_pretrained(str(folder / TOKENIZER_DIR))
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    save_model(exported, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    save_model(core, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     return str(folder)
 
 
@@ -247,7 +143,7 @@ def export_checkpoint(checkpoint: str, output: str) -> str:
     """
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
     hparams = saved.get("hyper_parameters", {})
-    if "vision_encoder" not in hparams or "text_encoder" not in hparams:
+    if "x_encoder" not in hparams or "text_encoder" not in hparams:
         raise ValueError(
             f"{checkpoint} does not record its encoders (the model was built in Python, not by "
             "`jepa-lightning fit`): build the model, load the checkpoint into it and call "
@@ -260,14 +156,19 @@ def export_checkpoint(checkpoint: str, output: str) -> str:
     return export_model(model, output)
 
 
-def load_exported(folder: str) -> ExportedVLJEPA:
+def _build(class_path: str, init_args: dict[str, Any]) -> Any:
+    module, name = class_path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)(**init_args)
+
+
+def load_exported(folder: str) -> VLJEPAModel:
     """Loads an export written by :func:`export_model`, without Lightning.
 
     Args:
         folder: The export folder.
 
     Returns:
-        The model, on the CPU, in eval mode.
+        The model core, on the CPU, in eval mode (``config.json`` holds the temperature).
 
     Raises:
         ValueError: If the folder is not a VL-JEPA export of a known version.
@@ -278,24 +179,17 @@ def load_exported(folder: str) -> ExportedVLJEPA:
         raise ValueError(
             f"{root / CONFIG_NAME} is not a {EXPORT_FORMAT} version {FORMAT_VERSION} config"
         )
-    text = config["text_encoder"]
-    text_encoder = TextEncoder(
-        text["model_config"], tokenizer=str(root / TOKENIZER_DIR), max_length=text["max_length"]
-    )
-    spec = config["predictor"]
-    predictor = Predictor(
-        visual_dim=spec["visual_dim"],
-        query_dim=spec["query_dim"],
-        output_dim=config["embed_dim"],
-        num_visual_tokens=spec["num_visual_tokens"],
-        lm=spec["lm_config"],
-    )
-    model = ExportedVLJEPA(
-        text_encoder,
-        predictor,
-        nn.Linear(text_encoder.output_dim, config["embed_dim"]),
-        torch.zeros(()),
-        config["vision_encoder"],
+    x_spec, text = config["x_encoder"], config["text_encoder"]
+    model = VLJEPAModel(
+        _build(x_spec["class_path"], x_spec["init_args"]),
+        TextEncoder(
+            text["model"],
+            tokenizer=str(root / TOKENIZER_DIR),
+            max_length=text["max_length"],
+            frozen=text["frozen"],
+        ),
+        embed_dim=config["embed_dim"],
+        predictor_lm=config["predictor"]["lm_config"],
     )
     load_model(model, str(root / WEIGHTS_NAME))
     return model.eval()

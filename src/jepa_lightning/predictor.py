@@ -35,16 +35,20 @@ class Predictor(nn.Module):
     the pretrained layers, as the VL-JEPA paper does with Llama-3.2-1B. The LM's
     token embeddings are dropped: inputs arrive as features.
 
-    Each visual token carries its grid index both as a learned position
-    embedding and as its rotary position, so a subset of tokens (the visible
-    ones of a mask) keeps its geometry. Query tokens come after the largest
-    visual index.
+    Each visual token carries its grid index as its rotary position and, for an
+    X-encoder with a fixed number of tokens, as a learned position embedding too,
+    so a subset of tokens (the visible ones of a mask) keeps its geometry. A
+    variable-length X-encoder (``num_visual_tokens=None``) gets rotary positions
+    only. Padded visual tokens (``visual_mask`` False) are never attended to and
+    never pooled. Query tokens come after the last visual position: the grid's
+    size, or a row's count of real tokens for a variable-length X-encoder.
 
     Args:
         visual_dim: Width of the X-encoder's tokens.
         query_dim: Width of the query token embeddings.
         output_dim: Width of the predicted embedding.
-        num_visual_tokens: Number of visual token positions (the X-encoder's grid).
+        num_visual_tokens: Number of visual token positions (the X-encoder's grid), or
+            None for a variable-length X-encoder.
         lm: The language model source (hub name, folder, or config dict).
         num_layers: How many of the LM's last layers to keep; default all.
         gradient_checkpointing: Recompute each layer in backward (non-reentrant).
@@ -59,7 +63,7 @@ class Predictor(nn.Module):
         visual_dim: int,
         query_dim: int,
         output_dim: int,
-        num_visual_tokens: int,
+        num_visual_tokens: int | None,
         lm: ModelSource = DEFAULT_PREDICTOR_LM,
         num_layers: int | None = None,
         gradient_checkpointing: bool = False,
@@ -89,15 +93,24 @@ class Predictor(nn.Module):
         self.gradient_checkpointing = gradient_checkpointing
         self.visual_proj = nn.Linear(visual_dim, width)
         self.query_proj = nn.Linear(query_dim, width)
-        self.position_embedding = nn.Parameter(torch.zeros(num_visual_tokens, width))
+        self.position_embedding: nn.Parameter | None = None
+        if num_visual_tokens is not None:
+            self.position_embedding = nn.Parameter(torch.zeros(num_visual_tokens, width))
+            nn.init.trunc_normal_(self.position_embedding, std=0.02)
         self.mask_token = nn.Parameter(torch.zeros(width))
         self.output_proj = nn.Linear(width, output_dim)
-        nn.init.trunc_normal_(self.position_embedding, std=0.02)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def _at(self, features: Tensor, positions: Tensor) -> Tensor:
+        """Adds the learned position embedding of ``positions`` (when there is a table)."""
+        if self.position_embedding is None:
+            return features
+        return features + self.position_embedding[positions]
 
     def encode(
         self,
         visual_tokens: Tensor,
+        visual_mask: Tensor | None = None,
         visual_positions: Tensor | None = None,
         query_embeds: Tensor | None = None,
         query_mask: Tensor | None = None,
@@ -107,6 +120,7 @@ class Predictor(nn.Module):
 
         Args:
             visual_tokens: ``(B, Nv, visual_dim)`` visual tokens.
+            visual_mask: ``(B, Nv)`` boolean mask of real visual tokens; default all.
             visual_positions: ``(B, Nv)`` grid indices of the visual tokens;
                 default ``0..Nv-1``.
             query_embeds: ``(B, Nq, query_dim)`` query token embeddings, or None.
@@ -122,7 +136,9 @@ class Predictor(nn.Module):
         device = visual_tokens.device
         if visual_positions is None:
             visual_positions = torch.arange(num_visual, device=device).expand(batch, -1)
-        parts = [self.visual_proj(visual_tokens) + self.position_embedding[visual_positions]]
+        if visual_mask is None:
+            visual_mask = torch.ones(batch, num_visual, dtype=torch.bool, device=device)
+        parts = [self._at(self.visual_proj(visual_tokens), visual_positions)]
         if self.training and torch.is_grad_enabled():
             # Every step must give every trainable parameter a gradient (DDP with
             # find_unused_parameters=False): an absent query or mask token joins with weight 0.
@@ -134,18 +150,21 @@ class Predictor(nn.Module):
             if unused:
                 parts[0] = parts[0] + 0.0 * torch.stack(unused).sum()
         positions = [visual_positions]
-        masks = [torch.ones(batch, num_visual, dtype=torch.bool, device=device)]
+        masks = [visual_mask.bool()]
         if mask_positions is not None:
-            parts.append(self.mask_token + self.position_embedding[mask_positions])
+            parts.append(
+                self._at(self.mask_token.expand(*mask_positions.shape, -1), mask_positions)
+            )
             positions.append(mask_positions)
             masks.append(torch.ones(mask_positions.shape, dtype=torch.bool, device=device))
         if query_embeds is not None:
             num_query = query_embeds.shape[1]
             parts.append(self.query_proj(query_embeds))
-            offset = self.num_visual_tokens
-            positions.append(
-                torch.arange(offset, offset + num_query, device=device).expand(batch, -1)
-            )
+            if self.num_visual_tokens is not None:
+                offset = torch.full((batch, 1), self.num_visual_tokens, device=device)
+            else:
+                offset = visual_mask.sum(dim=1, keepdim=True)
+            positions.append(offset + torch.arange(num_query, device=device))
             if query_mask is None:
                 query_mask = torch.ones(batch, num_query, dtype=torch.bool, device=device)
             masks.append(query_mask.bool())
@@ -192,6 +211,7 @@ class Predictor(nn.Module):
     def forward(
         self,
         visual_tokens: Tensor,
+        visual_mask: Tensor | None = None,
         query_embeds: Tensor | None = None,
         query_mask: Tensor | None = None,
     ) -> Tensor:
@@ -199,6 +219,7 @@ class Predictor(nn.Module):
 
         Args:
             visual_tokens: ``(B, Nv, visual_dim)`` visual tokens.
+            visual_mask: ``(B, Nv)`` boolean mask of real visual tokens; default all.
             query_embeds: ``(B, Nq, query_dim)`` query token embeddings, or None
                 (then it predicts the caption).
             query_mask: ``(B, Nq)`` mask of real query tokens.
@@ -206,5 +227,7 @@ class Predictor(nn.Module):
         Returns:
             ``(B, output_dim)`` predicted embeddings (not normalised).
         """
-        hidden, valid = self.encode(visual_tokens, query_embeds=query_embeds, query_mask=query_mask)
+        hidden, valid = self.encode(
+            visual_tokens, visual_mask, query_embeds=query_embeds, query_mask=query_mask
+        )
         return self.output_proj(masked_mean(hidden, valid))

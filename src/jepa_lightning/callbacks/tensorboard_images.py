@@ -93,14 +93,14 @@ class TensorBoardImages(Callback):
         take = self.max_samples - len(self._captions)
         if not self._active or take <= 0:
             return
-        if "inputs" not in batch:
-            raise ValueError(f"{type(self).__name__} needs the batch's images (`inputs`)")
+        if batch.cached:
+            raise ValueError(f"{type(self).__name__} needs the batch's images, not cached tokens")
         predicted, texts = validation_embeddings(outputs, type(self).__name__)
-        self._images.append(batch["inputs"][:take].cpu())
-        self._pair_ids.append(batch["pair_ids"][:take].cpu())
+        self._images.append(batch.x[:take].cpu())
+        self._pair_ids.append(batch.pair_ids[:take].cpu())
         self._predicted.append(predicted[:take].cpu())
         self._texts.append(texts[:take].cpu())
-        self._captions.extend(batch["captions"][:take])
+        self._captions.extend(batch.captions[:take])
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Writes the projector and the retrieval grid (rank 0)."""

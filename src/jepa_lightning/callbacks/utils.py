@@ -10,6 +10,8 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
+from jepa_lightning.batch import Batch
+from jepa_lightning.models import BatchForward
 from jepa_lightning.modules import VLJEPA
 
 
@@ -32,17 +34,17 @@ def require_vl_jepa(pl_module: LightningModule, callback: str) -> VLJEPA:
 
 
 @torch.no_grad()
-def batch_embeddings(model: VLJEPA, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+def batch_embeddings(model: VLJEPA, batch: Batch) -> tuple[Tensor, Tensor]:
     """The retrieval embeddings ``ŝ`` and ``s`` of a batch, as validation computes them.
 
     Args:
         model: The model.
-        batch: A collated batch with ``inputs`` or cached ``features``, and captions.
+        batch: A batch with captions.
 
     Returns:
         ``(B, D)`` unit-norm image and caption embeddings, float32.
     """
-    images, texts = model.embed_batch(batch)
+    images, texts = BatchForward(model.model, batch).retrieval
     return images.float(), texts.float()
 
 

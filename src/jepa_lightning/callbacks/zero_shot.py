@@ -21,7 +21,7 @@ class ZeroShotEvaluator(Callback):
     A class's embedding is the normalised mean of the Y-encoder embeddings ``s`` of its
     prompts: each template of its task with ``{}`` replaced by the class's prompt text
     (CLIP's prompt ensembling), recomputed at the start of every validation. A sample's label
-    for a task is read from its metadata, ``batch["meta"][i]["labels"][task]`` (a class name);
+    for a task is read from its metadata, ``batch.meta[i]["labels"][task]`` (a class name);
     samples without one (missing or None) are skipped for that task.
 
     Logs ``val/zero_shot/<task>/top<k>`` for each task and each ``k`` below the task's number
@@ -84,10 +84,7 @@ class ZeroShotEvaluator(Callback):
         """
         templates = self.templates[task]
         texts = [t.format(prompt) for prompt in self.prompts[task].values() for t in templates]
-        tokens = model.text_encoder.tokenize(texts)
-        embeddings = model.embed_texts(
-            tokens["input_ids"].to(model.device), tokens["attention_mask"].to(model.device).bool()
-        )
+        embeddings = model.model.embed_texts(texts)
         mean = embeddings.float().view(-1, len(templates), embeddings.shape[-1]).mean(dim=1)
         return F.normalize(mean, dim=-1)
 
@@ -108,7 +105,7 @@ class ZeroShotEvaluator(Callback):
     ) -> None:
         """Classifies the batch's images for every task."""
         images, _ = validation_embeddings(outputs, type(self).__name__)
-        metas = batch.get("meta") or [{}] * images.shape[0]
+        metas = batch.meta or [{}] * images.shape[0]
         for task, metric in self.metrics.items():
             metric.update(images, self.labels(metas, task).to(images.device))
 

@@ -1,18 +1,18 @@
-"""Turning raw WebDataset samples into VL-JEPA batches, in data loader workers."""
+"""Turning raw WebDataset samples into typed batches, in data loader workers."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
 
+from jepa_lightning.batch import Batch
 from jepa_lightning.encoders.base import SampleCodec
-from jepa_lightning.encoders.text import collate_optional_texts
+from jepa_lightning.encoders.text import collate_optional_texts, decode_text
 
 
 class SampleError(ValueError):
@@ -44,40 +44,23 @@ def caption_id(text: str) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
-def decode_caption(data: bytes) -> str:
-    """Decodes a caption without tokenising it.
-
-    Args:
-        data: UTF-8 bytes.
-
-    Returns:
-        The stripped text.
-
-    Raises:
-        ValueError: If the text is empty or not UTF-8.
-    """
-    text = data.decode("utf-8").strip()
-    if not text:
-        raise ValueError("empty text")
-    return text
-
-
 @dataclass(frozen=True)
 class PairCollator:
-    """Decodes and batches (X-modality, caption[, query]) samples.
+    """Decodes and batches (X-modality, caption[, query]) samples into a :class:`Batch`.
 
     Args:
-        inputs: The X-modality codec (an image codec for VL-JEPA, or a feature codec for
-            cached X-encoder tokens).
+        x: The X-modality codec (e.g. an image codec, or the feature codec of a feature
+            cache, which collates cached tokens as an ``EncoderOutput``).
         text: The caption/query codec (the Y-encoder's tokenizer); None keeps captions as
             text without token ids (for tools such as the feature cache).
-        inputs_key: The batch key of the collated X-modality (``inputs``, or ``features``
-            for cached X-encoder tokens, which the model uses instead of its X-encoder).
+        x_fingerprint: The fingerprint of the model's X-encoder
+            (:func:`~jepa_lightning.data.features.encoder_fingerprint`), which a feature
+            cache must match; None where no model is involved.
     """
 
-    inputs: SampleCodec
+    x: SampleCodec
     text: SampleCodec | None = None
-    inputs_key: str = "inputs"
+    x_fingerprint: dict[str, Any] | None = field(default=None, compare=False)
 
     def decode_sample(self, sample: Mapping[str, Any]) -> dict[str, Any]:
         """Decodes one raw WebDataset sample.
@@ -86,26 +69,25 @@ class PairCollator:
             sample: ``__key__``, ``__url__`` and the raw bytes per extension.
 
         Returns:
-            ``key``, ``url``, ``inputs`` (decoded X-modality), ``caption``,
-            ``query`` (or None) and ``meta`` (the ``json`` dict or ``{}``).
+            ``key``, ``url``, ``x`` (decoded X-modality), ``caption``, ``query`` (or None)
+            and ``meta`` (the ``json`` dict or ``{}``).
 
         Raises:
             SampleError: If the X-modality data or the caption is missing or corrupt.
         """
         key = str(sample.get("__key__", "?"))
         url = str(sample.get("__url__", "?"))
-        extension = next((e for e in self.inputs.extensions if e in sample), None)
+        extension = next((e for e in self.x.extensions if e in sample), None)
         if extension is None:
-            raise SampleError(key, url, f"no {'/'.join(self.inputs.extensions)} member")
+            raise SampleError(key, url, f"no {'/'.join(self.x.extensions)} member")
         if "txt" not in sample:
             raise SampleError(key, url, "no txt member (caption)")
         try:
-            inputs = self.inputs.decode(sample[extension])
+            x = self.x.decode(sample[extension])
         except Exception as error:  # decoders raise many types for corrupt data
             raise SampleError(key, url, f"unreadable {extension}: {error}") from error
         try:
-            text = sample["txt"]
-            caption = decode_caption(text) if self.text is None else self.text.decode(text)
+            caption = decode_text(sample["txt"])
         except (ValueError, UnicodeDecodeError) as error:
             raise SampleError(key, url, f"bad caption: {error}") from error
         meta: dict[str, Any] = {}
@@ -115,49 +97,36 @@ class PairCollator:
             except ValueError as error:
                 raise SampleError(key, url, f"bad json: {error}") from error
         query = meta.get("query") if isinstance(meta, dict) else None
-        return {
-            "key": key,
-            "url": url,
-            "inputs": inputs,
-            "caption": caption,
-            "query": query,
-            "meta": meta,
-        }
+        return {"key": key, "url": url, "x": x, "caption": caption, "query": query, "meta": meta}
 
-    def collate(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    def collate(self, samples: Sequence[Mapping[str, Any]], skipped: int = 0) -> Batch:
         """Batches decoded samples.
 
         Args:
             samples: Outputs of :meth:`decode_sample`.
+            skipped: Unreadable samples skipped since the previous batch.
 
         Returns:
-            The X-modality batch under :attr:`inputs_key`, ``pair_ids`` (stable caption ids:
-            equal captions are positives), ``captions``, ``keys``, ``meta`` and, with a text
-            codec, ``caption_ids``/``caption_mask`` and, when any sample has a query,
-            ``query_ids``/``query_mask`` (all-False rows for samples without one).
+            The batch; with a text codec, with caption tokens and, when any sample has a
+            query, query tokens (all-False rows for samples without one).
         """
         captions = [s["caption"] for s in samples]
-        batch: dict[str, Any] = {
-            self.inputs_key: self.inputs.collate([s["inputs"] for s in samples]),
-            "pair_ids": torch.tensor([caption_id(c) for c in captions], dtype=torch.int64),
-            "captions": captions,
-            "keys": [s["key"] for s in samples],
-            "meta": [s["meta"] for s in samples],
-        }
+        batch = Batch(
+            x=self.x.collate([s["x"] for s in samples]),
+            pair_ids=torch.tensor([caption_id(c) for c in captions], dtype=torch.int64),
+            keys=[s["key"] for s in samples],
+            captions=captions,
+            meta=[s["meta"] for s in samples],
+            skipped=skipped,
+        )
         if self.text is None:
             return batch
         tokens = self.text.collate(captions)
-        batch["caption_ids"] = tokens["input_ids"]
-        batch["caption_mask"] = tokens["attention_mask"].bool()
+        batch.caption_ids = tokens["input_ids"]
+        batch.caption_mask = tokens["attention_mask"].bool()
         queries = [s["query"] for s in samples]
         if any(queries):
             query_tokens = collate_optional_texts(self.text, queries)
-            batch["query_ids"] = query_tokens["input_ids"]
-            batch["query_mask"] = query_tokens["attention_mask"]
+            batch.query_ids = query_tokens["input_ids"]
+            batch.query_mask = query_tokens["attention_mask"]
         return batch
-
-
-def batch_size_of(batch: Mapping[str, Any]) -> int:
-    """Number of samples in a collated batch."""
-    captions: Tensor = batch["caption_ids"]
-    return int(captions.shape[0])

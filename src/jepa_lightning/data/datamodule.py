@@ -73,8 +73,9 @@ class WebDataModule(LightningDataModule):
     """Streams (image, caption[, json]) samples, or cached X-encoder tokens, from WebDataset shards.
 
     The model being trained supplies the collator (its encoders' codecs: image size,
-    tokenizer) through ``batch_collator()``. Every rank yields the same number of batches,
-    in training and in evaluation, whatever the shard sizes (see
+    tokenizer; and its X-encoder's fingerprint) through its ``batch_collator()``: the
+    ``jepa-lightning`` CLI links it, Python code passes it as ``collator``. Every rank yields
+    the same number of batches, in training and in evaluation, whatever the shard sizes (see
     :mod:`jepa_lightning.data.pipeline`); ``len()`` of each loader is that number.
 
     Training modes (``resampled``):
@@ -90,6 +91,7 @@ class WebDataModule(LightningDataModule):
     ``index.json``; their encoder fingerprint must match the model's X-encoder.
 
     Args:
+        collator: Decodes and batches samples: the model's ``batch_collator()``.
         train_shards: Training shard source: a folder (with ``index.json`` or ``*.tar``), a
             brace pattern, a ``pipe:`` command, or a list of these.
         val_shards: Validation shard source, read in order, split evenly over ranks.
@@ -110,6 +112,7 @@ class WebDataModule(LightningDataModule):
 
     def __init__(
         self,
+        collator: PairCollator | None = None,
         train_shards: ShardSource | None = None,
         val_shards: ShardSource | None = None,
         train_weights: list[float] | None = None,
@@ -136,6 +139,7 @@ class WebDataModule(LightningDataModule):
                 raise ValueError(f"data.train_weights must be >= 0, not all 0: {train_weights}")
             if not resampled:
                 raise ValueError("data.train_weights needs data.resampled: true")
+        self.collator = collator
         self.train_shards = train_shards
         self.val_shards = val_shards
         self.train_weights = train_weights
@@ -150,24 +154,18 @@ class WebDataModule(LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self._val_shards: list[Shard] | None = None
 
-    def _model(self) -> Any:
-        model = self.trainer.lightning_module if self.trainer is not None else None
-        if model is None or not hasattr(model, "batch_collator"):
-            raise RuntimeError(
-                "WebDataModule takes its collator from the model being trained "
-                "(`batch_collator()`); attach both to a Trainer"
-            )
-        return model
-
     def _collator(self, shards: list[Shard], name: str) -> PairCollator:
-        """The model's collator; for feature shards, checked and reading ``features``."""
-        model = self._model()
-        collator: PairCollator = model.batch_collator()
+        """The model's collator; for feature shards, checked and reading cached tokens."""
+        if self.collator is None:
+            raise ValueError(
+                "data.collator is not set: pass the model's batch_collator() (the "
+                "jepa-lightning CLI links it from the model)"
+            )
         record = feature_cache_of(shards, name)
         if record is None:
-            return collator
-        check_feature_cache(record, model.vision_encoder, name)
-        return replace(collator, inputs=feature_codec(record), inputs_key="features")
+            return self.collator
+        check_feature_cache(record, self.collator.x_fingerprint, name)
+        return replace(self.collator, x=feature_codec(record))
 
     def _rank_and_world(self) -> tuple[int, int]:
         if self.trainer is None:

@@ -3,7 +3,7 @@
 A frozen X-encoder gives the same tokens for an image every epoch, so they can be computed once
 (:func:`write_feature_cache`, or ``jepa-lightning data cache``) and written as feature shards:
 each sample keeps its key, caption (``txt``) and ``json`` and replaces the image by the tokens
-(``feat``: raw ``(num_tokens, dim)`` little-endian float16/bfloat16/float32). The folder's
+(``feat``: the raw ``(n, dim)`` real tokens, little-endian float16/bfloat16/float32). The folder's
 ``index.json`` records, under ``metadata["feature_cache"]``, the dtype and shape and the
 *fingerprint* of the encoder that made them: a hash of the encoder's class, model source
 (hub name, folder or config dict), input transforms (codec: resize and crop), normalisation
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from jepa_lightning.data.pipeline import (
     resolve_shards,
 )
 from jepa_lightning.data.shards import ShardIndex, ShardWriter
-from jepa_lightning.encoders.base import ModalityEncoder
+from jepa_lightning.encoders.base import EncoderOutput, ModalityEncoder
 
 METADATA_KEY = "feature_cache"
 """Key of the feature-cache record in a shard folder's ``index.json`` metadata."""
@@ -65,8 +64,8 @@ def encoder_fingerprint(encoder: ModalityEncoder) -> dict[str, Any]:
         encoder: The X-encoder (e.g. a :class:`~jepa_lightning.encoders.VisionEncoder`).
 
     Returns:
-        ``hash`` (hex digest of everything below) and ``encoder``: a readable description
-        (class, source, codec, normalisation) plus the hash of the weights.
+        ``hash`` (hex digest of everything below) and ``encoder``: its
+        :meth:`~jepa_lightning.encoders.ModalityEncoder.describe` plus the hash of its weights.
     """
     weights = hashlib.blake2b(digest_size=16)
     for name, value in sorted(encoder.state_dict().items()):
@@ -75,31 +74,26 @@ def encoder_fingerprint(encoder: ModalityEncoder) -> dict[str, Any]:
             flat = flat.to(torch.bfloat16)
         weights.update(f"{name}:{tuple(value.shape)}:{flat.dtype}".encode())
         weights.update(flat.cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    description: dict[str, Any] = {
-        "class": f"{type(encoder).__module__}.{type(encoder).__qualname__}",
-        "source": getattr(encoder, "source", None),
-        "codec": repr(encoder.codec()),
-        "weights": weights.hexdigest(),
-    }
-    for name in ("image_mean", "image_std"):
-        value = getattr(encoder, name, None)
-        if isinstance(value, Tensor):
-            description[name] = [round(float(v), 6) for v in value.flatten()]
+    description = {**encoder.describe(), "weights": weights.hexdigest()}
     text = json.dumps(description, sort_keys=True, default=str)
     return {"hash": hashlib.sha256(text.encode()).hexdigest(), "encoder": description}
 
 
 @dataclass(frozen=True)
 class FeatureCodec:
-    """Decodes cached tokens (the ``feat`` field) and stacks them.
+    """Decodes cached tokens (the ``feat`` field) and pads them into an ``EncoderOutput``.
+
+    A sample stores only its real tokens, so variable-length X-encoders cache too.
 
     Args:
         dtype: Storage dtype name (a key of :data:`DTYPES`).
-        shape: ``(num_tokens, dim)`` of one sample's tokens.
+        dim: Width of one token.
+        num_tokens: Tokens per sample for a fixed-length X-encoder; None when it varies.
     """
 
     dtype: str
-    shape: tuple[int, int]
+    dim: int
+    num_tokens: int | None = None
     extensions: tuple[str, ...] = (FEATURE_FIELD,)
 
     def decode(self, data: bytes) -> Tensor:
@@ -109,20 +103,25 @@ class FeatureCodec:
             data: The raw bytes.
 
         Returns:
-            ``(num_tokens, dim)`` tokens in the storage dtype.
+            ``(n, dim)`` tokens in the storage dtype.
 
         Raises:
-            ValueError: If the byte count does not match the shape (a truncated member).
+            ValueError: If the byte count is not a whole number of tokens, or not the fixed
+                count (a truncated member).
         """
         dtype = DTYPES[self.dtype]
-        expected = math.prod(self.shape) * dtype.itemsize
-        if len(data) != expected:
-            raise ValueError(f"{len(data)} bytes of tokens, expected {expected}")
-        return torch.frombuffer(bytearray(data), dtype=dtype).view(self.shape)
+        row = self.dim * dtype.itemsize
+        count, rest = divmod(len(data), row)
+        if rest or count == 0 or (self.num_tokens is not None and count != self.num_tokens):
+            expected = "a whole number of" if self.num_tokens is None else str(self.num_tokens)
+            raise ValueError(f"{len(data)} bytes of tokens, expected {expected} x {row}")
+        return torch.frombuffer(bytearray(data), dtype=dtype).view(count, self.dim)
 
-    def collate(self, items: Sequence[Tensor]) -> Tensor:
-        """Stacks tokens into ``(B, num_tokens, dim)``."""
-        return torch.stack(list(items))
+    def collate(self, items: Sequence[Tensor]) -> EncoderOutput:
+        """Pads tokens to the longest into ``(B, N, dim)`` with their padding mask."""
+        tokens = torch.nn.utils.rnn.pad_sequence(list(items), batch_first=True)
+        lengths = torch.tensor([len(item) for item in items])
+        return EncoderOutput(tokens, torch.arange(tokens.shape[1]) < lengths[:, None])
 
 
 def feature_cache_of(shards: list[Shard], name: str) -> dict[str, Any] | None:
@@ -151,24 +150,31 @@ def feature_cache_of(shards: list[Shard], name: str) -> dict[str, Any] | None:
     assert first is not None
     for record in records[1:]:
         assert record is not None
-        fields = ("fingerprint", "dtype", "num_tokens", "dim")
+        fields = ("fingerprint", "dtype", "dim")
         if any(record[f] != first[f] for f in fields):
             raise ValueError(f"{name} mixes feature caches made differently")
     return first
 
 
-def check_feature_cache(record: dict[str, Any], encoder: ModalityEncoder, name: str) -> None:
-    """Refuses a feature cache made by another X-encoder than ``encoder``.
+def check_feature_cache(
+    record: dict[str, Any], fingerprint: dict[str, Any] | None, name: str
+) -> None:
+    """Refuses a feature cache made by another X-encoder than the model's.
 
     Args:
         record: The cache's metadata record (see :func:`feature_cache_of`).
-        encoder: The model's X-encoder.
+        fingerprint: The model's X-encoder fingerprint (:func:`encoder_fingerprint`).
         name: The config key, named in errors.
 
     Raises:
-        ValueError: If the fingerprints differ; the message shows both descriptions.
+        ValueError: If there is no fingerprint to check against, or the fingerprints
+            differ; the message shows both descriptions.
     """
-    fingerprint = encoder_fingerprint(encoder)
+    if fingerprint is None:
+        raise ValueError(
+            f"{name} is a feature cache, which needs the model's X-encoder fingerprint to be "
+            "checked: pass the data module the model's batch_collator()"
+        )
     if record["fingerprint"]["hash"] != fingerprint["hash"]:
         raise ValueError(
             f"{name} is a feature cache made by another X-encoder than the model's: "
@@ -187,7 +193,8 @@ def feature_codec(record: dict[str, Any]) -> FeatureCodec:
     Returns:
         A codec for its ``feat`` fields.
     """
-    return FeatureCodec(record["dtype"], (int(record["num_tokens"]), int(record["dim"])))
+    num_tokens = record["fingerprint"]["encoder"].get("num_tokens")
+    return FeatureCodec(record["dtype"], int(record["dim"]), num_tokens)
 
 
 def write_feature_cache(
@@ -250,18 +257,20 @@ def write_feature_cache(
     with ShardWriter(output, "features", samples_per_shard, overwrite=overwrite) as writer:
         for batch in batches:
             with torch.no_grad():
-                tokens = encoder(batch["inputs"].to(device)).tokens
+                tokens, mask = encoder(batch.x.to(device))
             stored = tokens.to(DTYPES[dtype])
             if not torch.isfinite(stored).all():
                 raise ValueError(f"the tokens overflow {dtype}; use dtype=bfloat16")
-            record.update(num_tokens=tokens.shape[1], dim=tokens.shape[2])
-            record["skipped"] += batch["skipped"]
-            for key, caption, meta, row in zip(
-                batch["keys"], batch["captions"], batch["meta"], stored.cpu(), strict=True
-            ):
+            record["dim"] = tokens.shape[2]
+            record["num_tokens"] = encoder.num_tokens
+            record["skipped"] += batch.skipped
+            rows = zip(
+                batch.keys, batch.captions, batch.meta, stored.cpu(), mask.cpu(), strict=True
+            )
+            for key, caption, meta, row, real in rows:
                 if key in written:  # a repeated sample (see ShardStream's eval mode)
                     continue
-                sample = {"__key__": key, FEATURE_FIELD: _raw_bytes(row), "txt": caption}
+                sample = {"__key__": key, FEATURE_FIELD: _raw_bytes(row[real]), "txt": caption}
                 if meta:
                     sample["json"] = meta
                 writer.write(sample)
@@ -288,7 +297,7 @@ def cache_features(
 ) -> str:
     """Writes the frozen-feature cache of a training config's X-encoder.
 
-    The X-encoder is built from ``model.init_args.vision_encoder`` of the config, after
+    The X-encoder is built from ``model.init_args.x_encoder`` of the config, after
     seeding with its ``seed_everything`` (a random-init encoder is then the one ``fit``
     builds; if not, the training run refuses the cache). Point ``data.train_shards`` (and
     ``data.val_shards``) at the output folders to train on the cache.
@@ -308,12 +317,12 @@ def cache_features(
         The path of the written ``index.json``.
 
     Raises:
-        ValueError: If the config has no ``model.init_args.vision_encoder``.
+        ValueError: If the config has no ``model.init_args.x_encoder``.
     """
     document = yaml.safe_load(Path(training_config).read_text(encoding="utf-8")) or {}
-    section = (document.get("model") or {}).get("init_args", {}).get("vision_encoder")
+    section = (document.get("model") or {}).get("init_args", {}).get("x_encoder")
     if section is None:
-        raise ValueError(f"{training_config} has no model.init_args.vision_encoder")
+        raise ValueError(f"{training_config} has no model.init_args.x_encoder")
     seed = document.get("seed_everything")
     if isinstance(seed, int) and not isinstance(seed, bool):
         seed_everything(seed, verbose=False)
@@ -334,7 +343,7 @@ def cache_features(
     record = index.metadata[METADATA_KEY]
     print(
         f"wrote {index.num_samples} samples in {index.num_shards} feature shards to "
-        f"{index.folder} ({record['num_tokens']}x{record['dim']} {dtype} tokens; "
+        f"{index.folder} ({record['num_tokens'] or 'variable'}x{record['dim']} {dtype} tokens; "
         f"{record['skipped']} unreadable samples skipped)"
     )
     return index.index_path

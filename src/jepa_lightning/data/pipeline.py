@@ -14,7 +14,7 @@ Three kinds of stream, all yielding exactly the same number of batches on every 
 * ``eval``: no shuffling; the samples, in order, are cut into near-equal contiguous runs per
   rank (sizes differ by at most one), each split into the same number of near-equal batches.
 
-A sample that cannot be read or decoded is skipped, counted (``batch["skipped"]``: skips since
+A sample that cannot be read or decoded is skipped, counted (``batch.skipped``: skips since
 the worker's previous batch) and logged with its shard and key. In training the worker reads
 on (cycling its range in epoch mode) to fill its quota; in evaluation a batch whose every
 sample is unreadable borrows the next readable sample of the worker, or repeats the previous
@@ -39,6 +39,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import tarfile_samples
 
+from jepa_lightning.batch import Batch
 from jepa_lightning.data.collate import PairCollator, SampleError
 from jepa_lightning.data.shards import INDEX_FILENAME, read_shard_index
 
@@ -331,7 +332,7 @@ class ShardStream(IterableDataset):
         self.epoch = epoch
         self._iterations = 0
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         # Persistent workers never see set_epoch: count their own passes.
@@ -412,7 +413,7 @@ class ShardStream(IterableDataset):
 
     def _train_batches(
         self, passes: Iterator[Iterable[ShardRange]], quota: int, rng: random.Random
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Iterator[Batch]:
         if quota == 0:
             return
         skips = _Skips()
@@ -435,7 +436,7 @@ class ShardStream(IterableDataset):
                 if quota == 0:
                     return
 
-    def _eval_batches(self, worker: int, workers: int) -> Iterator[dict[str, Any]]:
+    def _eval_batches(self, worker: int, workers: int) -> Iterator[Batch]:
         total = sum(int(shard.num_samples or 0) for shard in self.shards)
         rank_start, rank_stop = share(total, self.world_size, self.rank)
         size = rank_stop - rank_start
@@ -468,7 +469,5 @@ class ShardStream(IterableDataset):
             previous = batch[-1]
             yield self._collate(batch, skips.take())
 
-    def _collate(self, samples: list[dict[str, Any]], skipped: int) -> dict[str, Any]:
-        batch = self.collator.collate(samples)
-        batch["skipped"] = skipped
-        return batch
+    def _collate(self, samples: list[dict[str, Any]], skipped: int) -> Batch:
+        return self.collator.collate(samples, skipped)

@@ -1,7 +1,8 @@
-"""The modality encoder base class: the extension point for new modalities."""
+"""The modality encoder contract: the extension point for new modalities."""
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
@@ -27,7 +28,6 @@ class SampleCodec(Protocol):
 
     Codecs are small and picklable (no model weights): the data pipeline ships
     them to every worker.
-
     """
 
     @property
@@ -44,9 +44,24 @@ class SampleCodec(Protocol):
 class ModalityEncoder(nn.Module, ABC):
     """Turns a batch of one modality into tokens ``(B, N, D)`` plus a padding mask.
 
-    Subclasses implement :meth:`encode` and :attr:`output_dim`. A frozen encoder
-    has ``requires_grad=False`` on every parameter, stays in eval mode through
-    ``train()``, runs under ``torch.no_grad()`` and is left out of the optimizer.
+    The contract a modality implements:
+
+    * :meth:`encode`: a batch (as its :meth:`codec` collates it) to an :class:`EncoderOutput`;
+      padded positions are ``False`` in the mask and never reach the predictor's attention.
+    * :attr:`output_dim`: the token width ``D``.
+    * :attr:`num_tokens`: tokens per sample, or None for a variable-length modality (then
+      the predictor uses rotary positions only, no learned position table).
+    * :attr:`grid`: the token grid (e.g. ``(h, w)`` or ``(t, h, w)``, row-major) when the
+      tokens form one; the masked objectives need it. None otherwise.
+    * :meth:`describe`: a JSON-able description (class, source, geometry, transforms) that
+      checkpoints, exports and the feature-cache fingerprint record; extend it with every
+      setting that changes what the encoder computes from a sample.
+
+    A frozen encoder has ``requires_grad=False`` on every parameter, stays in eval mode
+    through ``train()``, runs under ``torch.no_grad()`` and is left out of the optimizer. The
+    base class applies this once a subclass's ``__init__`` returns (and puts a trainable
+    encoder in train mode, whatever mode its pretrained weights loaded in): subclasses do
+    nothing.
 
     Args:
         frozen: Freeze every parameter of the encoder.
@@ -64,10 +79,33 @@ class ModalityEncoder(nn.Module, ABC):
         self.frozen = frozen
         self.lr_multiplier = lr_multiplier
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wraps each subclass's ``__init__`` so that the frozen semantics follow it."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__init__
+
+        @functools.wraps(init)
+        def init_then_freeze(self: ModalityEncoder, *args: Any, **init_kwargs: Any) -> None:
+            init(self, *args, **init_kwargs)
+            if type(self) is cls:  # the most derived __init__ has built every module
+                self._apply_frozen()
+
+        cls.__init__ = init_then_freeze  # type: ignore[method-assign]
+
     @property
     @abstractmethod
     def output_dim(self) -> int:
         """Width ``D`` of the tokens this encoder returns."""
+
+    @property
+    def num_tokens(self) -> int | None:
+        """Tokens per sample; None when the length varies (the default)."""
+        return None
+
+    @property
+    def grid(self) -> tuple[int, ...] | None:
+        """Shape of the token grid (row-major), or None when the tokens form no grid."""
+        return None
 
     @abstractmethod
     def codec(self) -> SampleCodec:
@@ -84,6 +122,19 @@ class ModalityEncoder(nn.Module, ABC):
             The tokens and their padding mask.
         """
 
+    def describe(self) -> dict[str, Any]:
+        """What this encoder is and computes, JSON-able; subclasses add their settings.
+
+        Returns:
+            ``class`` (dotted path), ``output_dim``, ``num_tokens`` and ``grid``.
+        """
+        return {
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "output_dim": self.output_dim,
+            "num_tokens": self.num_tokens,
+            "grid": None if self.grid is None else list(self.grid),
+        }
+
     def forward(self, inputs: Any) -> EncoderOutput:
         """Encodes ``inputs``, without building a graph when the encoder is frozen.
 
@@ -93,16 +144,15 @@ class ModalityEncoder(nn.Module, ABC):
         Returns:
             The tokens and their padding mask.
         """
-        if self.frozen:
-            with torch.no_grad():
-                return self.encode(inputs)
-        return self.encode(inputs)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            return self.encode(inputs)
 
-    def freeze_parameters(self) -> None:
-        """Applies the frozen semantics; subclasses call it once their modules exist."""
+    def _apply_frozen(self) -> None:
+        # from_pretrained returns eval mode, which Lightning keeps: a trainable encoder
+        # starts in train mode (dropout on), a frozen one frozen and in eval mode.
         if self.frozen:
             self.requires_grad_(False)
-            self.train(False)
+        self.train(not self.frozen)
 
     def train(self, mode: bool = True) -> ModalityEncoder:
         """Sets train mode, except that a frozen encoder always stays in eval mode.

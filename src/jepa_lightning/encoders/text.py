@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -45,6 +46,25 @@ def collate_optional_texts(codec: SampleCodec, texts: Sequence[str | None]) -> d
     }
 
 
+def decode_text(data: bytes) -> str:
+    """Decodes a UTF-8 text member.
+
+    Args:
+        data: UTF-8 bytes.
+
+    Returns:
+        The stripped text.
+
+    Raises:
+        ValueError: If the text is empty.
+        UnicodeDecodeError: If the bytes are not UTF-8.
+    """
+    text = data.decode("utf-8").strip()
+    if not text:
+        raise ValueError("empty text")
+    return text
+
+
 @dataclass(frozen=True)
 class TextCodec:
     """Decodes UTF-8 text and tokenises batches of it.
@@ -59,22 +79,8 @@ class TextCodec:
     extensions: tuple[str, ...] = ("txt",)
 
     def decode(self, data: bytes) -> str:
-        """Decodes one text.
-
-        Args:
-            data: UTF-8 bytes.
-
-        Returns:
-            The stripped text.
-
-        Raises:
-            ValueError: If the text is empty.
-            UnicodeDecodeError: If the bytes are not UTF-8.
-        """
-        text = data.decode("utf-8").strip()
-        if not text:
-            raise ValueError("empty text")
-        return text
+        """Decodes one text (see :func:`decode_text`)."""
+        return decode_text(data)
 
     def collate(self, items: Sequence[str]) -> dict[str, Tensor]:
         """Tokenises texts, padded to the longest.
@@ -143,7 +149,6 @@ class TextEncoder(ModalityEncoder):
         if isinstance(pooler, torch.nn.Module):
             pooler.requires_grad_(False)
         self.max_length = max_length
-        self.freeze_parameters()
 
     @property
     def output_dim(self) -> int:
@@ -153,6 +158,14 @@ class TextEncoder(ModalityEncoder):
     def codec(self) -> TextCodec:
         """A :class:`TextCodec` with this encoder's tokenizer."""
         return TextCodec(self.tokenizer, self.max_length)
+
+    def describe(self) -> dict[str, Any]:
+        """The base description plus the source and ``max_length``.
+
+        Returns:
+            A JSON-able dict.
+        """
+        return {**super().describe(), "source": self.source, "max_length": self.max_length}
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
         """Tokenises texts, padded to the longest and truncated to ``max_length``.

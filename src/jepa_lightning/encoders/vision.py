@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -84,7 +84,7 @@ class VisionEncoder(ModalityEncoder):
     Supports V-JEPA 2 (``VJEPA2Model``: a still image is a one-frame clip, which
     the model repeats to fill its first tubelet) and generic vision backbones
     (ViT, DINOv2, SigLIP/CLIP vision towers). Prefix tokens (CLS, registers)
-    are dropped: the output is the ``grid_size`` patch tokens, row-major.
+    are dropped: the output is the :attr:`grid` of patch tokens, row-major.
 
     Images arrive as ``uint8`` tensors ``(B, 3, H, W)`` already resized to
     :attr:`image_size`; normalisation happens here, on the model's device.
@@ -117,6 +117,7 @@ class VisionEncoder(ModalityEncoder):
         self.image_std: Tensor
         hf_model = build_model(model)
         config = hf_model.config
+        self.model_config = config
         self.is_video_model = config.model_type == "vjepa2"
         if self.is_video_model:
             # Only the encoder is used; the V-JEPA 2 predictor would waste memory.
@@ -130,14 +131,13 @@ class VisionEncoder(ModalityEncoder):
             raise ValueError(f"vision encoder needs a square int image_size, got {image_size}")
         patch_size = config.patch_size
         self.image_size = image_size
-        self.grid_size = (image_size // patch_size, image_size // patch_size)
+        self._grid = (image_size // patch_size, image_size // patch_size)
         self._output_dim = int(config.hidden_size)
         defaults = _processor_mean_std(model) or (IMAGENET_MEAN, IMAGENET_STD)
         mean = torch.tensor(image_mean if image_mean is not None else defaults[0])
         std = torch.tensor(image_std if image_std is not None else defaults[1])
         self.register_buffer("image_mean", mean.view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", std.view(1, 3, 1, 1), persistent=False)
-        self.freeze_parameters()
 
     @property
     def output_dim(self) -> int:
@@ -147,11 +147,30 @@ class VisionEncoder(ModalityEncoder):
     @property
     def num_tokens(self) -> int:
         """Number of patch tokens per image."""
-        return self.grid_size[0] * self.grid_size[1]
+        return self._grid[0] * self._grid[1]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The ``(rows, columns)`` grid of patch tokens."""
+        return self._grid
 
     def codec(self) -> SampleCodec:
         """An :class:`ImageCodec` at this encoder's image size."""
         return ImageCodec(self.image_size)
+
+    def describe(self) -> dict[str, Any]:
+        """The base description plus the source, image size and normalisation.
+
+        Returns:
+            A JSON-able dict.
+        """
+        return {
+            **super().describe(),
+            "source": self.source,
+            "image_size": self.image_size,
+            "image_mean": [round(float(v), 6) for v in self.image_mean.flatten()],
+            "image_std": [round(float(v), 6) for v in self.image_std.flatten()],
+        }
 
     def normalize(self, images: Tensor) -> Tensor:
         """Converts ``uint8`` images to normalised floats.

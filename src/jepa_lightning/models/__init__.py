@@ -1,0 +1,5 @@
+"""Plain ``nn.Module`` model cores, shared by training, export and inference."""
+
+from jepa_lightning.models.vl_jepa import BatchForward, VLJEPAModel
+
+__all__ = ["BatchForward", "VLJEPAModel"]

@@ -1,0 +1,7 @@
+"""Training objectives: each owns its loss, weight and state."""
+
+from jepa_lightning.objectives.base import Objective
+from jepa_lightning.objectives.caption import CaptionInfoNCE
+from jepa_lightning.objectives.masked_tokens import MaskedTokenPrediction
+
+__all__ = ["CaptionInfoNCE", "MaskedTokenPrediction", "Objective"]
