@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from jepa_lightning.masking import MaskPair, MultiBlockMaskGenerator, random_token_mask
+from jepa_lightning.masking import MaskPair, MultiBlockMaskGenerator
 
 
 def _is_sorted_rows(x: torch.Tensor) -> bool:
@@ -11,7 +11,7 @@ def _is_sorted_rows(x: torch.Tensor) -> bool:
 @pytest.mark.parametrize(("input_size", "frames"), [(14, 1), ((8, 12), 1), ((6, 6), 3)])
 def test_multiblock_shapes_and_invariants(input_size, frames) -> None:
     gen = MultiBlockMaskGenerator(input_size, frames=frames)
-    masks = gen(16, generator=torch.Generator().manual_seed(0))
+    masks = gen(16, generator=torch.Generator().manual_seed(0), with_blocks=True)
     assert isinstance(masks, MaskPair)
     n = gen.num_tokens
     assert masks.context.dim() == 2 and masks.context.shape[0] == 16
@@ -34,7 +34,7 @@ def test_multiblock_shapes_and_invariants(input_size, frames) -> None:
 def test_blocks_are_rectangles_and_tubes() -> None:
     h, w, frames = 10, 12, 2
     gen = MultiBlockMaskGenerator((h, w), frames=frames)
-    masks = gen(8, generator=torch.Generator().manual_seed(1))
+    masks = gen(8, generator=torch.Generator().manual_seed(1), with_blocks=True)
     for block in masks.target_blocks.reshape(-1, masks.target_blocks.shape[-1]):
         frame, rem = block // (h * w), block % (h * w)
         rows, cols = rem // w, rem % w
@@ -53,7 +53,7 @@ def test_block_scale_within_range() -> None:
     gen = MultiBlockMaskGenerator(16, target_scale=(0.15, 0.2), context_scale=(0.85, 1.0))
     g = torch.Generator().manual_seed(2)
     for _ in range(50):
-        masks = gen(2, generator=g)
+        masks = gen(2, generator=g, with_blocks=True)
         scale = masks.target_blocks.shape[-1] / gen.num_tokens
         # Rounding of the block sides to integers moves the area by up to about a side length.
         assert 0.15 - 0.04 <= scale <= 0.2 + 0.04
@@ -63,7 +63,7 @@ def test_target_aspect_ratio_within_range() -> None:
     gen = MultiBlockMaskGenerator(32, target_aspect_ratio=(0.75, 1.5))
     g = torch.Generator().manual_seed(3)
     for _ in range(30):
-        block = gen(1, generator=g).target_blocks[0, 0]
+        block = gen(1, generator=g, with_blocks=True).target_blocks[0, 0]
         rows, cols = block // 32, block % 32
         ratio = (rows.max() - rows.min() + 1) / (cols.max() - cols.min() + 1)
         assert 0.75 - 0.15 <= float(ratio) <= 1.5 + 0.15
@@ -73,15 +73,15 @@ def test_full_context_block_without_targets_covers_rest() -> None:
     # Context block = whole grid: the context is exactly the complement of the target union
     # (before truncation, which keeps at least min(count) tokens).
     gen = MultiBlockMaskGenerator(8, num_targets=1, context_scale=(1.0, 1.0))
-    masks = gen(1, generator=torch.Generator().manual_seed(0))
+    masks = gen(1, generator=torch.Generator().manual_seed(0), with_blocks=True)
     assert masks.context.shape[1] + masks.targets.shape[1] == 64
 
 
 def test_deterministic_given_generator() -> None:
     gen = MultiBlockMaskGenerator(14)
-    a = gen(8, generator=torch.Generator().manual_seed(42))
-    b = gen(8, generator=torch.Generator().manual_seed(42))
-    c = gen(8, generator=torch.Generator().manual_seed(43))
+    a = gen(8, generator=torch.Generator().manual_seed(42), with_blocks=True)
+    b = gen(8, generator=torch.Generator().manual_seed(42), with_blocks=True)
+    c = gen(8, generator=torch.Generator().manual_seed(43), with_blocks=True)
     for x, y in zip(a, b, strict=True):
         assert torch.equal(x, y)
     assert any(x.shape != y.shape or not torch.equal(x, y) for x, y in zip(a, c, strict=True))
@@ -93,7 +93,7 @@ def test_truncation_is_not_spatially_biased() -> None:
     g = torch.Generator().manual_seed(0)
     truncated_tail_kept = 0
     for _ in range(40):
-        masks = gen(4, generator=g)
+        masks = gen(4, generator=g, with_blocks=True)
         for b in range(4):
             union = torch.unique(masks.target_blocks[b])
             if union.numel() > masks.targets.shape[1] and masks.targets[b, -1] == union[-1]:
@@ -106,7 +106,7 @@ def test_min_keep_error() -> None:
         4, num_targets=1, target_scale=(0.2, 0.2), context_scale=(0.1, 0.1), min_keep=4
     )
     with pytest.raises(RuntimeError, match="min_keep"):
-        gen(2, generator=torch.Generator().manual_seed(0))
+        gen(2, generator=torch.Generator().manual_seed(0), with_blocks=True)
 
 
 def test_invalid_arguments() -> None:
@@ -120,15 +120,9 @@ def test_invalid_arguments() -> None:
         MultiBlockMaskGenerator((4, 0))
 
 
-def test_random_token_mask() -> None:
-    masks = random_token_mask(5, 20, 0.75, generator=torch.Generator().manual_seed(0))
-    assert masks.targets.shape == (5, 15)
-    assert masks.context.shape == (5, 5)
-    assert masks.target_blocks.shape == (5, 1, 15)
-    assert _is_sorted_rows(masks.targets) and _is_sorted_rows(masks.context)
-    both = torch.cat([masks.context, masks.targets], dim=1).sort(dim=1).values
-    assert torch.equal(both, torch.arange(20).expand(5, 20))
-    again = random_token_mask(5, 20, 0.75, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(again.targets, masks.targets)
-    with pytest.raises(ValueError, match="mask_ratio"):
-        random_token_mask(2, 10, 1.0)
+def test_blocks_only_on_request() -> None:
+    gen = MultiBlockMaskGenerator(8)
+    plain = gen(4, generator=torch.Generator().manual_seed(0))
+    blocks = gen(4, generator=torch.Generator().manual_seed(0), with_blocks=True)
+    assert plain.target_blocks is None and blocks.target_blocks is not None
+    assert torch.equal(plain.context, blocks.context) and torch.equal(plain.targets, blocks.targets)

@@ -1,4 +1,4 @@
-"""Token masks for JEPA training: I-JEPA multi-block masks and plain random masks.
+"""Token masks for JEPA training: I-JEPA multi-block masks.
 
 Tokens live on a grid of ``frames x height x width`` (``frames = 1`` for images) and are
 numbered ``index = frame * height * width + row * width + col``, the order in which a patch
@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["MaskPair", "MultiBlockMaskGenerator", "random_token_mask"]
+__all__ = ["MaskPair", "MultiBlockMaskGenerator"]
 
 
 class MaskPair(NamedTuple):
@@ -31,13 +31,12 @@ class MaskPair(NamedTuple):
         targets: Hidden token indices, ``(B, Nt)``: the union of the target blocks (truncated
             to a common length, see :class:`MultiBlockMaskGenerator`).
         target_blocks: Hidden token indices per target block, ``(B, num_targets, Nb)``, for
-            I-JEPA-style per-block prediction. For :func:`random_token_mask` this is
-            ``targets[:, None, :]``.
+            I-JEPA-style per-block prediction; only when asked for (``with_blocks=True``).
     """
 
     context: Tensor
     targets: Tensor
-    target_blocks: Tensor
+    target_blocks: Tensor | None = None
 
 
 def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
@@ -190,16 +189,19 @@ class MultiBlockMaskGenerator:
         # Frame-major numbering: the spatial mask repeated once per frame.
         return flat.repeat((1,) * (flat.dim() - 1) + (self.frames,))
 
-    def __call__(self, batch_size: int, generator: torch.Generator | None = None) -> MaskPair:
+    def __call__(
+        self, batch_size: int, generator: torch.Generator | None = None, with_blocks: bool = False
+    ) -> MaskPair:
         """Draw masks for a batch.
 
         Args:
             batch_size: Number of samples.
             generator: CPU random generator; the global RNG if ``None``.
+            with_blocks: Also return each target block's indices.
 
         Returns:
-            :class:`MaskPair` with ``context`` (B, Nc), ``targets`` (B, Nt) and
-            ``target_blocks`` (B, num_targets, Nb), ``Nb = frames * h * w``.
+            :class:`MaskPair` with ``context`` (B, Nc), ``targets`` (B, Nt) and, with
+            ``with_blocks``, ``target_blocks`` (B, num_targets, Nb), ``Nb = frames * h * w``.
 
         Raises:
             ValueError: If ``batch_size`` is not positive.
@@ -241,13 +243,14 @@ class MultiBlockMaskGenerator:
         context_tokens = self._to_tokens(context)  # (B, N)
         num_targets_kept = int(target_tokens.sum(dim=1).min())
         num_context_kept = int(context_tokens.sum(dim=1).min())
-        return MaskPair(
+        pair = MaskPair(
             context=_random_subset_sorted(context_tokens, num_context_kept, generator),
             targets=_random_subset_sorted(target_tokens, num_targets_kept, generator),
-            target_blocks=_mask_to_sorted_indices(block_tokens.flatten(0, 1)).reshape(
-                batch_size, self.num_targets, -1
-            ),
         )
+        if not with_blocks:
+            return pair
+        blocks_flat = _mask_to_sorted_indices(block_tokens.flatten(0, 1))
+        return pair._replace(target_blocks=blocks_flat.reshape(batch_size, self.num_targets, -1))
 
     def __repr__(self) -> str:
         return (
@@ -257,39 +260,3 @@ class MultiBlockMaskGenerator:
             f"context_scale={self.context_scale}, "
             f"context_aspect_ratio={self.context_aspect_ratio}, min_keep={self.min_keep})"
         )
-
-
-def random_token_mask(
-    batch_size: int,
-    num_tokens: int,
-    mask_ratio: float,
-    generator: torch.Generator | None = None,
-) -> MaskPair:
-    """Hide a uniformly random subset of tokens, independently per sample.
-
-    Args:
-        batch_size: Number of samples.
-        num_tokens: Tokens per sample.
-        mask_ratio: Fraction hidden; ``round(mask_ratio * num_tokens)`` tokens, clipped so that
-            at least one token is hidden and one visible.
-        generator: CPU random generator; the global RNG if ``None``.
-
-    Returns:
-        :class:`MaskPair` with ``context`` (B, N - Nt), ``targets`` (B, Nt) and
-        ``target_blocks = targets[:, None, :]``.
-
-    Raises:
-        ValueError: If ``batch_size < 1``, ``num_tokens < 2`` or ``mask_ratio`` is outside
-            ``(0, 1)``.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if num_tokens < 2:
-        raise ValueError(f"num_tokens must be >= 2, got {num_tokens}")
-    if not 0.0 < mask_ratio < 1.0:
-        raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
-    num_hidden = min(max(round(mask_ratio * num_tokens), 1), num_tokens - 1)
-    order = torch.rand(batch_size, num_tokens, generator=generator).argsort(dim=1)
-    targets = order[:, :num_hidden].sort(dim=1).values
-    context = order[:, num_hidden:].sort(dim=1).values
-    return MaskPair(context=context, targets=targets, target_blocks=targets[:, None, :])
