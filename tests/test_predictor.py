@@ -7,9 +7,8 @@ from jepa_lightning.predictor import Predictor
 
 def make(**kwargs) -> Predictor:
     torch.manual_seed(0)
-    return Predictor(
-        visual_dim=24, query_dim=20, output_dim=12, num_visual_tokens=16, lm=TINY_LLAMA, **kwargs
-    )
+    settings = {"num_visual_tokens": 16, **kwargs}
+    return Predictor(visual_dim=24, query_dim=20, output_dim=12, lm=TINY_LLAMA, **settings)
 
 
 def test_output_shapes_with_and_without_query() -> None:
@@ -17,7 +16,8 @@ def test_output_shapes_with_and_without_query() -> None:
     visual = torch.randn(3, 16, 24)
     assert predictor(visual).shape == (3, 12)
     query = torch.randn(3, 5, 20)
-    assert predictor(visual, query, torch.ones(3, 5, dtype=torch.bool)).shape == (3, 12)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    assert predictor(visual, query_embeds=query, query_mask=mask).shape == (3, 12)
 
 
 def test_query_padding_is_ignored() -> None:
@@ -28,11 +28,48 @@ def test_query_padding_is_ignored() -> None:
     changed = query.clone()
     changed[0, 3:] = 50.0
     torch.testing.assert_close(
-        predictor(visual, query, mask)[0], predictor(visual, changed, mask)[0]
+        predictor(visual, query_embeds=query, query_mask=mask)[0],
+        predictor(visual, query_embeds=changed, query_mask=mask)[0],
     )
     # A row with no real query token equals no query at all.
     empty = torch.zeros(2, 5, dtype=torch.bool)
-    torch.testing.assert_close(predictor(visual, query, empty), predictor(visual))
+    torch.testing.assert_close(
+        predictor(visual, query_embeds=query, query_mask=empty), predictor(visual)
+    )
+
+
+def test_visual_padding_is_ignored() -> None:
+    predictor = make().eval()
+    visual = torch.randn(2, 16, 24)
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[0, 12:] = False
+    changed = visual.clone()
+    changed[0, 12:] = 50.0
+    query = torch.randn(2, 3, 20)
+    for kwargs in ({}, {"query_embeds": query}):
+        torch.testing.assert_close(
+            predictor(visual, mask, **kwargs), predictor(changed, mask, **kwargs)
+        )
+    # The padding was what changed: unmasked, it matters.
+    assert not torch.allclose(predictor(visual)[0], predictor(changed)[0])
+
+
+@pytest.mark.parametrize("with_query", [False, True])
+def test_variable_length_rows_equal_their_unpadded_selves(with_query: bool) -> None:
+    predictor = make(num_visual_tokens=None).eval()
+    assert predictor.position_embedding is None
+    lengths = [5, 9]
+    visual = torch.randn(2, 12, 24)  # padded to 12 with garbage
+    mask = torch.arange(12)[None, :] < torch.tensor(lengths)[:, None]
+    query = torch.randn(2, 3, 20) if with_query else None
+    with torch.no_grad():
+        padded = predictor(visual, mask, query_embeds=query)
+        for row, length in enumerate(lengths):
+            alone = predictor(
+                visual[row : row + 1, :length],
+                query_embeds=None if query is None else query[row : row + 1],
+            )
+            torch.testing.assert_close(padded[row : row + 1], alone, atol=1e-5, rtol=0)
 
 
 def test_attention_is_bidirectional() -> None:
@@ -51,7 +88,9 @@ def test_mask_tokens_and_positions() -> None:
     visual = torch.randn(2, 10, 24)
     context = torch.arange(10).expand(2, -1)
     hidden_positions = torch.arange(10, 16).expand(2, -1)
-    hidden, valid = predictor.encode(visual, context, mask_positions=hidden_positions)
+    hidden, valid = predictor.encode(
+        visual, visual_positions=context, mask_positions=hidden_positions
+    )
     assert hidden.shape == (2, 16, 32) and valid.all()
 
 
