@@ -1,17 +1,17 @@
 """Cross-rank gathers for contrastive losses: the one place that talks to ``torch.distributed``.
 
 Contrastive losses (InfoNCE / CLIP) want every rank's embeddings as negatives. This module
-provides the two gathers they need:
+provides the gathers with gradient they need (no-grad gathers use torchmetrics'
+``gather_all_tensors``):
 
 * :func:`gather_with_grad`: concatenation over ranks along dim 0 whose backward returns to each
   rank the gradient of the *sum of all ranks' losses* with respect to its own slice. Under
   ``DistributedDataParallel`` (which averages parameter gradients over ranks) a loss whose
   per-rank values average to the global-batch loss therefore yields exactly the gradient of the
   global-batch loss.
-* :func:`gather_no_grad`: the same concatenation, detached.
 
-Both are the identity (``gather_no_grad``: detached) when ``torch.distributed`` is unavailable,
-not initialised, or the world size is 1, so single-process code pays nothing.
+It is the identity when ``torch.distributed`` is unavailable, not initialised, or the world
+size is 1, so single-process code pays nothing.
 
 Unequal sizes: ranks may hold different numbers of rows (e.g. the last, smaller batch of an
 epoch with ``drop_last=False``). The gathers first exchange the shapes (one small collective,
@@ -39,7 +39,6 @@ import torch.distributed as dist
 from torch import Tensor
 
 __all__ = [
-    "gather_no_grad",
     "gather_sizes",
     "gather_with_grad",
     "is_distributed",
@@ -220,31 +219,3 @@ def gather_with_grad(
     sizes = _check_sizes(tensor, sizes, rank, world_size)
     out: Tensor = _GatherWithGrad.apply(tensor, sizes, rank, group)
     return out
-
-
-def gather_no_grad(
-    tensor: Tensor,
-    sizes: Sequence[int] | None = None,
-    group: ProcessGroup | None = None,
-) -> Tensor:
-    """Concatenate ``tensor`` over ranks along dim 0, without gradient.
-
-    Args:
-        tensor: This rank's tensor, shape ``(n_rank, ...)``.
-        sizes: Every rank's ``n_rank`` (from :func:`gather_sizes`); exchanged if ``None``.
-        group: Process group; the default group if ``None``.
-
-    Returns:
-        Detached tensor of shape ``(sum(sizes), ...)``; ``tensor.detach()`` when not
-        distributed.
-
-    Raises:
-        ValueError: If the trailing dimensions differ across ranks or ``sizes`` is inconsistent.
-    """
-    rank, world_size = rank_and_world_size(group)
-    if world_size == 1:
-        return tensor.detach()
-    sizes = gather_sizes(tensor, group) if sizes is None else sizes
-    sizes = _check_sizes(tensor, sizes, rank, world_size)
-    with torch.no_grad():
-        return _gather_padded(tensor.detach(), sizes, group)

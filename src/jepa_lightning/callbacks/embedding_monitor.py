@@ -7,13 +7,14 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
+from torchmetrics import MetricCollection
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from jepa_lightning.callbacks.utils import (
     batch_embeddings,
     require_vl_jepa,
     validation_embeddings,
 )
-from jepa_lightning.distributed import gather_no_grad
 from jepa_lightning.metrics import Alignment, Uniformity
 
 
@@ -51,8 +52,8 @@ class EmbeddingMonitor(Callback):
         self.every_n_steps = every_n_steps
         self._last_step = 0
         # Training values come from already gathered rows: no sync on compute.
-        self.train_metrics = _PairMetrics(alpha, t, max_samples, sync_on_compute=False)
-        self.val_metrics = _PairMetrics(alpha, t, max_samples, sync_on_compute=True)
+        self.train_metrics = _pair_metrics("train", alpha, t, max_samples, sync_on_compute=False)
+        self.val_metrics = _pair_metrics("val", alpha, t, max_samples, sync_on_compute=True)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Checks the module and moves the metrics to its device."""
@@ -83,8 +84,9 @@ class EmbeddingMonitor(Callback):
         self._last_step = step
         model = require_vl_jepa(pl_module, type(self).__name__)
         predicted, text = batch_embeddings(model, batch)
-        self.train_metrics.update(gather_no_grad(predicted), gather_no_grad(text))
-        values = self.train_metrics.compute_and_reset("train")
+        self._update(self.train_metrics, _gathered(predicted), _gathered(text))
+        values = self.train_metrics.compute()
+        self.train_metrics.reset()
         # Straight to the loggers: LightningModule.log would repeat the last value at every
         # logging step until the next measurement. Lightning's step index of the optimizer
         # step just taken is global_step - 1, as for the loss.
@@ -102,42 +104,39 @@ class EmbeddingMonitor(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         """Accumulates the batch's embeddings."""
-        self.val_metrics.update(*validation_embeddings(outputs, type(self).__name__))
+        self._update(self.val_metrics, *validation_embeddings(outputs, type(self).__name__))
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Logs the metrics over the whole validation set."""
-        pl_module.log_dict(self.val_metrics.compute_and_reset("val"))
+        pl_module.log_dict(self.val_metrics.compute())
+        self.val_metrics.reset()
+
+    @staticmethod
+    def _update(metrics: MetricCollection, predicted: Tensor, text: Tensor) -> None:
+        metrics["alignment"].update(predicted, text)
+        metrics["uniformity_predicted"].update(predicted)
+        metrics["uniformity_text"].update(text)
 
 
-class _PairMetrics:
-    """Alignment of (``ŝ``, ``s``) pairs and the uniformity of each side, for one stage."""
+def _pair_metrics(
+    stage: str, alpha: float, t: float, max_samples: int | None, sync_on_compute: bool
+) -> MetricCollection:
+    """Alignment of (``ŝ``, ``s``) pairs and the uniformity of each side, tagged ``stage/``."""
+    return MetricCollection(
+        {
+            "alignment": Alignment(alpha, sync_on_compute=sync_on_compute),
+            "uniformity_predicted": Uniformity(
+                t, max_samples=max_samples, sync_on_compute=sync_on_compute
+            ),
+            "uniformity_text": Uniformity(
+                t, max_samples=max_samples, sync_on_compute=sync_on_compute
+            ),
+        },
+        prefix=f"{stage}/",
+        compute_groups=False,
+    )
 
-    def __init__(
-        self, alpha: float, t: float, max_samples: int | None, sync_on_compute: bool
-    ) -> None:
-        self.alignment = Alignment(alpha, sync_on_compute=sync_on_compute)
-        self.uniformity_predicted = Uniformity(
-            t, max_samples=max_samples, sync_on_compute=sync_on_compute
-        )
-        self.uniformity_text = Uniformity(
-            t, max_samples=max_samples, sync_on_compute=sync_on_compute
-        )
 
-    def to(self, device: torch.device) -> None:
-        for metric in (self.alignment, self.uniformity_predicted, self.uniformity_text):
-            metric.to(device)
-
-    def update(self, predicted: Tensor, text: Tensor) -> None:
-        self.alignment.update(predicted, text)
-        self.uniformity_predicted.update(predicted)
-        self.uniformity_text.update(text)
-
-    def compute_and_reset(self, stage: str) -> dict[str, Tensor]:
-        values = {
-            f"{stage}/alignment": self.alignment.compute(),
-            f"{stage}/uniformity_predicted": self.uniformity_predicted.compute(),
-            f"{stage}/uniformity_text": self.uniformity_text.compute(),
-        }
-        for metric in (self.alignment, self.uniformity_predicted, self.uniformity_text):
-            metric.reset()
-        return values
+def _gathered(tensor: Tensor) -> Tensor:
+    """Every rank's rows, concatenated (without gradient)."""
+    return torch.cat(gather_all_tensors(tensor.detach()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import grad_norm
 from torch import Tensor
 from torch.optim import Optimizer
 
@@ -13,7 +14,9 @@ class GradNormMonitor(Callback):
 
     The norms are those the optimizer will use: after gradient accumulation, AMP unscaling
     and the DDP all-reduce (Lightning calls ``on_before_optimizer_step`` then), before any
-    gradient clipping. Groups without a ``name`` are called by their index.
+    gradient clipping. Per-parameter norms come from Lightning's ``grad_norm``; a group's
+    norm is the norm of its parameters' norms. Groups without a ``name`` are called by their
+    index.
 
     Args:
         norm_type: The ``p`` of the p-norm.
@@ -31,20 +34,19 @@ class GradNormMonitor(Callback):
         self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer
     ) -> None:
         """Logs the norms of the gradients about to be applied."""
-        group_norms: dict[str, Tensor] = {}
-        for index, group in enumerate(optimizer.param_groups):
-            grads = [p.grad for p in group["params"] if p.grad is not None]
-            if grads:
-                name = str(group.get("name", index))
-                group_norms[name] = self._norm(
-                    [torch.linalg.vector_norm(g.detach(), self.norm_type) for g in grads]
-                )
-        if not group_norms:
+        prefix = f"grad_{self.norm_type}_norm/"
+        norms = grad_norm(pl_module, self.norm_type, group_separator="/")
+        total = norms.pop(f"grad_{self.norm_type}_norm_total", None)
+        if total is None:
             return
-        values = {f"train/grad_norm/{name}": norm for name, norm in group_norms.items()}
-        # The norm of the per-group norms is the norm over all gradients.
-        values["train/grad_norm"] = self._norm(list(group_norms.values()))
+        by_param = {id(p): norms.get(prefix + name) for name, p in pl_module.named_parameters()}
+        values: dict[str, Tensor] = {"train/grad_norm": torch.as_tensor(total)}
+        for index, group in enumerate(optimizer.param_groups):
+            found = [by_param[id(p)] for p in group["params"] if by_param.get(id(p)) is not None]
+            if found:
+                stacked = torch.stack([torch.as_tensor(norm) for norm in found])
+                name = str(group.get("name", index))
+                values[f"train/grad_norm/{name}"] = torch.linalg.vector_norm(
+                    stacked, self.norm_type
+                )
         pl_module.log_dict(values)
-
-    def _norm(self, norms: list[Tensor]) -> Tensor:
-        return torch.linalg.vector_norm(torch.stack(norms), self.norm_type)

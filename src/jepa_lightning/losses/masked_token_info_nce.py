@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from jepa_lightning.distributed import (
-    gather_no_grad,
     gather_sizes,
     gather_with_grad,
     rank_and_world_size,
@@ -137,7 +137,7 @@ class MaskedTokenInfoNCELoss(nn.Module):
                 # Token rows (batch * tokens) per rank; also checks that dim agrees.
                 sizes = gather_sizes(key)
                 all_key = gather_with_grad(key, sizes)
-                all_valid = gather_no_grad(valid_flat.to(torch.uint8), sizes).bool()
+                all_valid = torch.cat(gather_all_tensors(valid_flat.to(torch.uint8))).bool()
                 offset = sum(sizes[:rank])
             num_valid_global = int(all_valid.sum())
             if num_valid_global == 0:
