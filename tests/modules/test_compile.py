@@ -11,6 +11,6 @@ def test_compiled_predictor_keeps_checkpoint_names(tiny_model_kwargs) -> None:
     # A checkpoint of either loads into the other.
     plain.load_state_dict(compiled.state_dict())
     compiled.load_state_dict(plain.state_dict())
-    visual = torch.randn(2, compiled.predictor.num_visual_tokens, 32)
+    visual = torch.randn(2, compiled.model.predictor.num_visual_tokens, 32)
     with torch.no_grad():
-        torch.testing.assert_close(compiled.predictor(visual), plain.predictor(visual))
+        torch.testing.assert_close(compiled.model.predictor(visual), plain.model.predictor(visual))

@@ -51,15 +51,16 @@ class Recorder(Callback):
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
         assert isinstance(pl_module, VLJEPA)
+        caption = pl_module.objectives["caption"]
         optimizer = trainer.optimizers[0]
         self.steps[trainer.global_step] = {
             "epoch": trainer.current_epoch,
-            "keys": list(batch["keys"]),
+            "keys": list(batch.keys),
             "lrs": {g["name"]: g["lr"] for g in optimizer.param_groups},
             "scheduler": trainer.lr_scheduler_configs[0].scheduler.state_dict(),
             "optimizer": _clone(optimizer.state_dict()["state"]),
-            "logit_scale": pl_module.caption_loss.logit_scale.detach().clone(),
-            "temperature": pl_module.caption_loss.temperature,
+            "logit_scale": caption.loss.logit_scale.detach().clone(),
+            "temperature": caption.temperature,
         }
 
 
@@ -78,8 +79,9 @@ def build_model() -> VLJEPA:
     )
 
 
-def build_data(root: Path) -> ShapesDataModule:
+def build_data(root: Path, model: VLJEPA) -> ShapesDataModule:
     return ShapesDataModule(
+        collator=model.batch_collator(),
         root=str(root),
         train_samples=TRAIN_SAMPLES,
         val_samples=64,
@@ -115,7 +117,7 @@ def uninterrupted(shapes_root: Path, tmp_path_factory: pytest.TempPathFactory) -
         dirpath=root / "epoch", every_n_epochs=1, save_on_train_epoch_end=True, save_top_k=-1
     )
     model = build_model()
-    build_trainer(root, [recorder, mid_epoch, epoch_end]).fit(model, build_data(shapes_root))
+    build_trainer(root, [recorder, mid_epoch, epoch_end]).fit(model, build_data(shapes_root, model))
     return {
         "root": root,
         "steps": recorder.steps,
@@ -129,7 +131,7 @@ def resume(checkpoint: Path, shapes_root: Path) -> tuple[Trainer, VLJEPA, Record
     recorder = Recorder()
     model = build_model()
     trainer = build_trainer(checkpoint.parent / "resumed", [recorder])
-    trainer.fit(model, build_data(shapes_root), ckpt_path=str(checkpoint))
+    trainer.fit(model, build_data(shapes_root, model), ckpt_path=str(checkpoint))
     return trainer, model, recorder
 
 

@@ -24,8 +24,8 @@ def trainer(tmp_path, steps: int = 4) -> Trainer:
 def nan_at_step(model: VLJEPA, step: int) -> None:
     compute = model.compute_losses
 
-    def patched(batch):
-        losses = compute(batch)
+    def patched(forward):
+        losses = compute(forward)
         if model.global_step == step:
             losses["caption"] = losses["caption"] * float("nan")
             losses["loss"] = losses["caption"]
@@ -40,14 +40,14 @@ def test_nonfinite_loss_raises_naming_part_and_step(
     model = VLJEPA(**tiny_model_kwargs)
     nan_at_step(model, 2)
     with pytest.raises(FloatingPointError, match=r"global step 2.*caption=nan"):
-        trainer(tmp_path).fit(model, tiny_shapes_data(shapes_root))
+        trainer(tmp_path).fit(model, tiny_shapes_data(shapes_root, model))
 
 
 def test_nonfinite_loss_skip_keeps_weights_finite(tiny_model_kwargs, shapes_root, tmp_path) -> None:
     model = VLJEPA(**tiny_model_kwargs, on_nonfinite="skip")
     nan_at_step(model, 1)
     run = trainer(tmp_path)
-    run.fit(model, tiny_shapes_data(shapes_root))
+    run.fit(model, tiny_shapes_data(shapes_root, model))
     assert model.skipped_steps == 1
     assert all(torch.isfinite(p).all() for p in model.parameters())
     run.save_checkpoint(tmp_path / "ok.ckpt")
@@ -57,10 +57,10 @@ def test_nonfinite_loss_skip_keeps_weights_finite(tiny_model_kwargs, shapes_root
 def test_no_checkpoint_with_nonfinite_weights(tiny_model_kwargs, shapes_root, tmp_path) -> None:
     model = VLJEPA(**tiny_model_kwargs)
     run = trainer(tmp_path, steps=1)
-    run.fit(model, tiny_shapes_data(shapes_root))
+    run.fit(model, tiny_shapes_data(shapes_root, model))
     with torch.no_grad():
-        model.predictor.output_proj.weight[0, 0] = float("inf")
-    with pytest.raises(FloatingPointError, match="predictor.output_proj.weight"):
+        model.model.predictor.output_proj.weight[0, 0] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"model\.predictor\.output_proj\.weight"):
         run.save_checkpoint(tmp_path / "bad.ckpt")
     assert not (tmp_path / "bad.ckpt").exists()
 
@@ -81,12 +81,14 @@ def test_frozen_pretrained_encoder_left_out_and_restored(shapes_root, tmp_path) 
 
     model = build()
     run = trainer(tmp_path, steps=2)
-    run.fit(model, tiny_shapes_data(shapes_root))
+    run.fit(model, tiny_shapes_data(shapes_root, model))
     run.save_checkpoint(tmp_path / "small.ckpt")
     checkpoint = torch.load(tmp_path / "small.ckpt", weights_only=False)
-    assert not any(k.startswith("vision_encoder.") for k in checkpoint["state_dict"])
-    assert checkpoint["vision_encoder_excluded"] is True
-    assert checkpoint["vision_encoder_source"] == f"pretrained:{folder}"
+    assert not any(k.startswith("model.x_encoder.") for k in checkpoint["state_dict"])
+    assert any(k.startswith("model.predictor.") for k in checkpoint["state_dict"])
+    assert checkpoint["x_encoder_excluded"] is True
+    assert checkpoint["x_encoder"] == model.model.x_encoder.describe()
+    assert checkpoint["x_encoder"]["source"] == str(folder)
 
     restored = build()
     restored.on_load_checkpoint(checkpoint)
@@ -96,18 +98,21 @@ def test_frozen_pretrained_encoder_left_out_and_restored(shapes_root, tmp_path) 
 
     kept = build(save_frozen_encoder=True)
     run = trainer(tmp_path, steps=1)
-    run.fit(kept, tiny_shapes_data(shapes_root))
+    run.fit(kept, tiny_shapes_data(shapes_root, kept))
     run.save_checkpoint(tmp_path / "full.ckpt")
     full = torch.load(tmp_path / "full.ckpt", weights_only=False)
-    assert any(k.startswith("vision_encoder.") for k in full["state_dict"])
+    assert any(k.startswith("model.x_encoder.") for k in full["state_dict"])
+    assert "x_encoder_excluded" not in full
 
 
 def test_random_init_encoder_is_always_saved(tiny_model_kwargs, shapes_root, tmp_path) -> None:
     model = VLJEPA(**tiny_model_kwargs)
     run = trainer(tmp_path, steps=1)
-    run.fit(model, tiny_shapes_data(shapes_root))
+    run.fit(model, tiny_shapes_data(shapes_root, model))
     run.save_checkpoint(tmp_path / "c.ckpt")
     checkpoint = torch.load(tmp_path / "c.ckpt", weights_only=False)
-    assert any(k.startswith("vision_encoder.") for k in checkpoint["state_dict"])
-    assert checkpoint["vision_encoder_source"] == "config:vit"
-    assert math.isfinite(float(model.caption_loss.logit_scale))
+    assert any(k.startswith("model.x_encoder.") for k in checkpoint["state_dict"])
+    assert "x_encoder_excluded" not in checkpoint
+    assert checkpoint["x_encoder"]["source"]["model_type"] == "vit"
+    assert "objectives.caption.loss.logit_scale" in checkpoint["state_dict"]
+    assert math.isfinite(float(model.objectives["caption"].loss.logit_scale))
