@@ -12,10 +12,10 @@ from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from jepa_lightning.data.convert import convert_folder
-from jepa_lightning.data.feature_cache import cache_features
-from jepa_lightning.data.shapes import write_shapes_shards
 from jepa_lightning.export import export_checkpoint
+from jepa_lightning.tools.convert import convert_folder
+from jepa_lightning.tools.feature_cache import cache_features
+from jepa_lightning.tools.shapes import write_shapes_shards
 
 
 class JEPALightningCLI(LightningCLI):

@@ -12,7 +12,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from jepa_lightning.data.collate import PairCollator
-from jepa_lightning.data.feature_cache import check_feature_cache, feature_cache_of, feature_codec
+from jepa_lightning.data.features import check_feature_cache, feature_cache_of, feature_codec
 from jepa_lightning.data.pipeline import (
     Shard,
     ShardSource,
@@ -20,7 +20,7 @@ from jepa_lightning.data.pipeline import (
     count_samples,
     resolve_shards,
 )
-from jepa_lightning.data.shapes import ensure_shapes_shards
+from jepa_lightning.tools.shapes import ShapesSpec, ensure_shapes_shards
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +297,7 @@ class ShapesDataModule(WebDataModule):
 
     Images of coloured shapes with compositional captions ("a small red circle
     on the left"), written as WebDataset shards under ``root`` by
-    :func:`~jepa_lightning.data.shapes.ensure_shapes_shards` in
+    :func:`~jepa_lightning.tools.shapes.ensure_shapes_shards` in
     ``prepare_data`` (once; rewritten only when the parameters change).
 
     Args:
@@ -326,11 +326,9 @@ class ShapesDataModule(WebDataModule):
         kwargs["val_shards"] = kwargs.get("val_shards") or f"{root}/val"
         super().__init__(**kwargs)
         self.root = root
-        self.generator_args: dict[str, Any] = {
-            "image_size": image_size,
-            "two_shape_fraction": two_shape_fraction,
-            "with_queries": with_queries,
-        }
+        self.spec = ShapesSpec(
+            image_size=image_size, two_shape_fraction=two_shape_fraction, with_queries=with_queries
+        )
         self.splits = {"train": (train_samples, data_seed), "val": (val_samples, data_seed + 1)}
 
     def prepare_data(self) -> None:
@@ -338,9 +336,9 @@ class ShapesDataModule(WebDataModule):
         for split, (num_samples, seed) in self.splits.items():
             ensure_shapes_shards(
                 f"{self.root}/{split}",
-                num_samples=num_samples,
+                num_samples,
+                self.spec,
                 seed=seed,
                 split=split,
                 progress=True,
-                **self.generator_args,
             )

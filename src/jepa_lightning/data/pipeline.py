@@ -24,7 +24,6 @@ one at the end, so the ranks stay in step.
 from __future__ import annotations
 
 import glob
-import hashlib
 import itertools
 import logging
 import math
@@ -41,7 +40,8 @@ from webdataset.tariterators import tarfile_samples
 
 from jepa_lightning.batch import Batch
 from jepa_lightning.data.collate import PairCollator, SampleError
-from jepa_lightning.data.shards import INDEX_FILENAME, read_shard_index
+from jepa_lightning.data.index import INDEX_FILENAME, read_shard_index
+from jepa_lightning.data.seeds import seed_from
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def resolve_shards(source: ShardSource, name: str = "shards") -> list[Shard]:
                     for url, (_, count) in zip(index.urls, index.shards, strict=True)
                 )
                 continue
-            found = sorted(glob.glob(os.path.join(item, "*.tar")))
+            found = sorted(glob.glob(os.path.join(glob.escape(item), "*.tar")))
             if not found:
                 raise ValueError(f"{name}: folder {item!r} has no {INDEX_FILENAME} and no *.tar")
             shards.extend(Shard(url) for url in found)
@@ -223,11 +223,6 @@ def eval_batches_per_rank(num_samples: int, world_size: int, batch_size: int) ->
     return min(math.ceil(math.ceil(num_samples / world_size) / batch_size), fewest)
 
 
-def _seed(*parts: Any) -> int:
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
-
-
 class _Skips:
     """Counts skipped samples and stops a stream that reads nothing but bad data."""
 
@@ -340,7 +335,7 @@ class ShardStream(IterableDataset):
         self._iterations += 1
         if self.mode == "eval":
             return self._eval_batches(worker, workers)
-        rng = random.Random(_seed(self.seed, epoch, self.rank, worker))
+        rng = random.Random(seed_from(self.seed, epoch, self.rank, worker))
         first, last = share(self.batches_per_rank, workers, worker)
         passes: Iterator[Iterable[ShardRange]]
         if self.mode == "resampled":
@@ -359,7 +354,7 @@ class ShardStream(IterableDataset):
         self, epoch: int, worker: int, workers: int, first: int, last: int
     ) -> list[ShardRange]:
         order = list(self.shards)
-        random.Random(_seed(self.seed, epoch)).shuffle(order)  # the same on every rank
+        random.Random(seed_from(self.seed, epoch)).shuffle(order)  # the same on every rank
         if not self.sized:
             mine = order[self.rank :: self.world_size][worker::workers]
             if not mine:

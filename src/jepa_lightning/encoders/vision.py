@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor, nn
 from transformers.image_processing_base import ImageProcessingMixin
 
@@ -18,6 +18,9 @@ from jepa_lightning.encoders.hf import ModelSource, build_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
+"""Image formats read and written, as WebDataset fields (file extensions without the dot)."""
 
 
 def _processor_mean_std(source: ModelSource) -> tuple[list[float], list[float]] | None:
@@ -42,7 +45,7 @@ class ImageCodec:
     """
 
     image_size: int
-    extensions: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS
 
     def decode(self, data: bytes) -> Tensor:
         """Decodes one image.
@@ -58,18 +61,8 @@ class ImageCodec:
             OSError: If the image is truncated.
         """
         with Image.open(io.BytesIO(data)) as opened:
-            image: Image.Image = opened.convert("RGB")
-            width, height = image.size
-            scale = self.image_size / min(width, height)
-            resized = (
-                max(self.image_size, round(width * scale)),
-                max(self.image_size, round(height * scale)),
-            )
-            if resized != image.size:
-                image = image.resize(resized, Image.Resampling.BICUBIC)
-            left = (resized[0] - self.image_size) // 2
-            top = (resized[1] - self.image_size) // 2
-            image = image.crop((left, top, left + self.image_size, top + self.image_size))
+            side = (self.image_size, self.image_size)
+            image = ImageOps.fit(opened.convert("RGB"), side, Image.Resampling.BICUBIC)
             array = np.asarray(image, dtype=np.uint8)
         return torch.from_numpy(array.copy()).permute(2, 0, 1)
 

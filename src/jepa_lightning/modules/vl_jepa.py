@@ -15,7 +15,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from jepa_lightning.batch import Batch
 from jepa_lightning.data.collate import PairCollator
-from jepa_lightning.data.feature_cache import encoder_fingerprint
+from jepa_lightning.data.features import encoder_fingerprint
 from jepa_lightning.encoders.base import ModalityEncoder
 from jepa_lightning.encoders.hf import ModelSource
 from jepa_lightning.encoders.text import TextEncoder

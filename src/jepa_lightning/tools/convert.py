@@ -33,18 +33,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from jepa_lightning.data.shards import ShardWriter
+from jepa_lightning.data.index import INDEX_FILENAME
+from jepa_lightning.encoders.vision import IMAGE_EXTENSIONS
+from jepa_lightning.tools.shards import TMP_SUFFIX, ShardWriter
 
-__all__ = [
-    "SKIP_REASONS",
-    "SUPPORTED_IMAGE_EXTENSIONS",
-    "ConvertReport",
-    "convert_folder",
-    "key_from_path",
-]
-
-SUPPORTED_IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp")
-"""Image file extensions that are converted (compared case-insensitively)."""
+__all__ = ["SKIP_REASONS", "ConvertReport", "convert_folder", "key_from_path"]
 
 _FORMAT_TO_FIELD = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp"}  # MPO: camera JPEG
 
@@ -142,6 +135,11 @@ def key_from_path(relative_path: str) -> str:
     return key
 
 
+def _is_image(path: Path) -> bool:
+    """Whether the file's extension (any case) is one of :data:`IMAGE_EXTENSIONS`."""
+    return path.suffix.lower().removeprefix(".") in IMAGE_EXTENSIONS
+
+
 def _relative(path: Path, root: Path) -> str:
     try:
         return path.relative_to(root).as_posix()
@@ -237,11 +235,10 @@ class _Item:
 def _collect_sidecar(root: Path, files: list[Path], report: ConvertReport) -> list[_Item]:
     items = []
     for path in files:
-        suffix = path.suffix.lower()
         relative = _relative(path, root)
-        if suffix == ".txt":
+        if path.suffix.lower() == ".txt":
             continue
-        if suffix not in SUPPORTED_IMAGE_EXTENSIONS:
+        if not _is_image(path):
             report.skipped_files.append(("unsupported_extension", relative))
             continue
         caption_path = path.with_suffix(".txt")
@@ -280,7 +277,7 @@ def _collect_listed(
         path = (root / image.strip()).resolve()
         relative = _relative(path, root)
         listed.add(path)
-        if path.suffix.lower() not in SUPPORTED_IMAGE_EXTENSIONS:
+        if not _is_image(path):
             report.skipped_files.append(("unsupported_extension", relative))
         elif not path.is_file():
             report.skipped_files.append(("missing_image", relative))
@@ -291,7 +288,7 @@ def _collect_listed(
         else:
             items.append(_Item(path, relative, str(caption).strip()))
     for path in files:  # images in the folder that the caption file does not mention
-        if path.suffix.lower() in SUPPORTED_IMAGE_EXTENSIONS and path.resolve() not in listed:
+        if _is_image(path) and path.resolve() not in listed:
             report.skipped_files.append(("missing_caption", _relative(path, root)))
     return items
 
@@ -376,7 +373,9 @@ def convert_folder(
         if not overwrite:
             raise ValueError(f"output folder {out} is not empty; pass overwrite=True to replace")
         for child in out.iterdir():
-            if child.is_file() and (child.suffix in (".tar", ".tmp") or child.name == "index.json"):
+            if child.is_file() and (
+                child.suffix in (".tar", TMP_SUFFIX) or child.name == INDEX_FILENAME
+            ):
                 child.unlink()
 
     report = ConvertReport(output=str(out))

@@ -38,7 +38,6 @@ images with the same caption differ.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -52,7 +51,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from jepa_lightning.data.shards import INDEX_FILENAME, ShardWriter, read_shard_index
+from jepa_lightning.data.index import INDEX_FILENAME, read_shard_index
+from jepa_lightning.data.seeds import seed_from
+from jepa_lightning.tools.shards import ShardWriter
 
 __all__ = [
     "COLOURS",
@@ -123,11 +124,13 @@ class ShapesSpec:
     """What the shapes generator draws.
 
     Attributes:
-        colours: Colour names, a subset of :data:`COLOURS`.
-        shapes: Shape names, a subset of :data:`SHAPES`.
-        sizes: Size names for one-shape images, a subset of :data:`SIZES`.
-        positions: Position names for one-shape images, a subset of :data:`POSITIONS`.
-        relations: Relations for two-shape images, a subset of :data:`RELATIONS`.
+        colours: Colour names, of :data:`COLOURS`: red, green, blue, yellow, purple, orange,
+            black.
+        shapes: Shape names, of :data:`SHAPES`: circle, square, triangle, star, cross.
+        sizes: Size names for one-shape images, of :data:`SIZES`: small, large.
+        positions: Position names for one-shape images, of :data:`POSITIONS`: left, center,
+            right, top, bottom, top left, top right, bottom left, bottom right.
+        relations: Relations for two-shape images, of :data:`RELATIONS`: left of, above.
         image_size: Side of the square RGB images, in pixels (>= 32).
         two_shape_fraction: Share of samples showing two shapes and a relation, in [0, 1].
         with_queries: Add a question about the image (``"query"``) to each sample's metadata.
@@ -204,15 +207,10 @@ def _two_shape_combos(spec: ShapesSpec) -> tuple[_TwoShapes, ...]:
     return tuple(combos)
 
 
-def _seed_int(*parts: object) -> int:
-    text = "\x1f".join(str(part) for part in parts)
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
-
-
 @lru_cache(maxsize=256)
 def _cycle_order(seed: int, kind: str, cycle: int, length: int) -> tuple[int, ...]:
     order = list(range(length))
-    random.Random(_seed_int("shapes-order", seed, kind, cycle)).shuffle(order)
+    random.Random(seed_from("shapes-order", seed, kind, cycle)).shuffle(order)
     return tuple(order)
 
 
@@ -248,17 +246,16 @@ def _two_shape_caption(colour1: str, shape1: str, relation: str, colour2: str, s
     )
 
 
-def shapes_captions(spec: ShapesSpec | None = None) -> list[str]:
+def shapes_captions(spec: ShapesSpec = ShapesSpec()) -> list[str]:
     """List every caption the generator can produce for a spec.
 
     Args:
-        spec: The generator spec; defaults to ``ShapesSpec()``.
+        spec: The generator spec.
 
     Returns:
         The distinct captions: one-shape captions first (if ``two_shape_fraction < 1``), then
         two-shape captions (if ``two_shape_fraction > 0``).
     """
-    spec = spec or ShapesSpec()
     captions: list[str] = []
     if spec.two_shape_fraction < 1.0:
         captions += [_one_shape_caption(*combo) for combo in _one_shape_combos(spec)]
@@ -267,19 +264,18 @@ def shapes_captions(spec: ShapesSpec | None = None) -> list[str]:
     return captions
 
 
-def shapes_class_names(spec: ShapesSpec | None = None) -> dict[str, list[str]]:
+def shapes_class_names(spec: ShapesSpec = ShapesSpec()) -> dict[str, list[str]]:
     """Class names for zero-shot classification of the main (first) shape.
 
     The keys match the ``labels`` of each sample's metadata. The ``position`` label is only set
     for one-shape samples (it is ``None`` for two-shape samples).
 
     Args:
-        spec: The generator spec; defaults to ``ShapesSpec()``.
+        spec: The generator spec.
 
     Returns:
         ``{"shape": [...], "colour": [...], "position": [...]}``.
     """
-    spec = spec or ShapesSpec()
     return {
         "shape": list(spec.shapes),
         "colour": list(spec.colours),
@@ -403,7 +399,7 @@ def _query(
 
 
 def generate_sample(
-    index: int, seed: int = 0, spec: ShapesSpec | None = None, split: str = "train"
+    index: int, seed: int = 0, spec: ShapesSpec = ShapesSpec(), split: str = "train"
 ) -> tuple[Image.Image, str, dict[str, Any]]:
     """Generate one sample; a pure function of its arguments.
 
@@ -411,7 +407,7 @@ def generate_sample(
         index: Sample index (>= 0). Indices select attribute combinations in a balanced,
             seeded order (see the module docstring).
         seed: Random seed.
-        spec: What to draw; defaults to ``ShapesSpec()``.
+        spec: What to draw.
         split: Split name, mixed into the random streams so that e.g. ``"train"`` and ``"val"``
             with the same seed give different images.
 
@@ -427,10 +423,9 @@ def generate_sample(
     Raises:
         ValueError: If ``index`` is negative.
     """
-    spec = spec or ShapesSpec()
     if index < 0:
         raise ValueError(f"index must be >= 0, got {index}")
-    rng = random.Random(_seed_int("shapes-sample", seed, split, index))
+    rng = random.Random(seed_from("shapes-sample", seed, split, index))
     two, ordinal = _is_two_shape(index, spec.two_shape_fraction)
     shapes: list[dict[str, Any]]
     objects: list[tuple[str, str, float, float, float]]
@@ -438,7 +433,7 @@ def generate_sample(
         combos1 = _one_shape_combos(spec)
         cycle, offset = divmod(ordinal, len(combos1))
         size, colour, shape, position = combos1[
-            _cycle_order(_seed_int(seed, split), "one", cycle, len(combos1))[offset]
+            _cycle_order(seed_from(seed, split), "one", cycle, len(combos1))[offset]
         ]
         extent = SIZES[size] * (1 + rng.uniform(-1, 1) * _SIZE_JITTER)
         free_x, free_y = _free_axes(spec)
@@ -454,7 +449,7 @@ def generate_sample(
         combos2 = _two_shape_combos(spec)
         cycle, offset = divmod(ordinal, len(combos2))
         colour1, shape1, relation, colour2, shape2 = combos2[
-            _cycle_order(_seed_int(seed, split), "two", cycle, len(combos2))[offset]
+            _cycle_order(seed_from(seed, split), "two", cycle, len(combos2))[offset]
         ]
         # Pair centre: free on the axis across the relation, a little jitter along it.
         along = 0.5 + rng.uniform(-1, 1) * _POSITION_JITTER
@@ -474,47 +469,19 @@ def generate_sample(
         caption = _two_shape_caption(colour1, shape1, relation, colour2, shape2)
         labels = {"shape": shape1, "colour": colour1, "position": None}
     image, boxes = _render(
-        rng, _seed_int("shapes-noise", seed, split, index), spec.image_size, objects
+        rng, seed_from("shapes-noise", seed, split, index), spec.image_size, objects
     )
     for entry, box in zip(shapes, boxes, strict=True):
         entry["bbox"] = box
     meta: dict[str, Any] = {"index": index, "shapes": shapes, "relation": relation}
     meta["labels"] = labels
     if spec.with_queries:
-        query_rng = random.Random(_seed_int("shapes-query", seed, split, index))
+        query_rng = random.Random(seed_from("shapes-query", seed, split, index))
         meta["query"] = _query(query_rng, shapes, relation)
     return image, caption, meta
 
 
 # --------------------------------------------------------------------------------- shards
-def _make_spec(
-    image_size: int,
-    two_shape_fraction: float,
-    colours: list[str] | None,
-    shapes: list[str] | None,
-    sizes: list[str] | None,
-    positions: list[str] | None,
-    relations: list[str] | None,
-    with_queries: bool,
-) -> ShapesSpec:
-    kwargs: dict[str, tuple[str, ...]] = {}
-    for name, values in (
-        ("colours", colours),
-        ("shapes", shapes),
-        ("sizes", sizes),
-        ("positions", positions),
-        ("relations", relations),
-    ):
-        if values is not None:
-            kwargs[name] = tuple(values)
-    return ShapesSpec(
-        **kwargs,
-        image_size=image_size,
-        two_shape_fraction=two_shape_fraction,
-        with_queries=with_queries,
-    )
-
-
 def shapes_metadata(
     num_samples: int,
     samples_per_shard: int,
@@ -552,17 +519,10 @@ def shapes_metadata(
 def write_shapes_shards(
     out_dir: str,
     num_samples: int,
+    spec: ShapesSpec = ShapesSpec(),
     samples_per_shard: int = 1000,
     seed: int = 0,
     split: str = "train",
-    image_size: int = 64,
-    two_shape_fraction: float = 0.3,
-    colours: list[str] | None = None,
-    shapes: list[str] | None = None,
-    sizes: list[str] | None = None,
-    positions: list[str] | None = None,
-    relations: list[str] | None = None,
-    with_queries: bool = False,
     jpeg_quality: int = 95,
     progress: bool = False,
 ) -> str:
@@ -577,19 +537,10 @@ def write_shapes_shards(
     Args:
         out_dir: Output folder, created if missing.
         num_samples: Number of samples to generate (>= 1).
+        spec: What to draw (image size, attributes, share of two-shape samples, queries).
         samples_per_shard: Maximum number of samples per shard.
         seed: Random seed; the same parameters and seed give byte-identical shards.
         split: Split name; the shard name prefix and part of the random seed.
-        image_size: Side of the square images in pixels.
-        two_shape_fraction: Share of samples showing two shapes and a spatial relation.
-        colours: Colour names (default: red, green, blue, yellow). Also available: purple,
-            orange, black.
-        shapes: Shape names (default: circle, square, triangle). Also available: star, cross.
-        sizes: Size names for one-shape images (default: small, large).
-        positions: Position names for one-shape images (default: left, center, right). Also
-            available: top, bottom, top left, top right, bottom left, bottom right.
-        relations: Relations for two-shape images (default: "left of", "above").
-        with_queries: Add a question about the image to each sample's ``json`` as ``query``.
         jpeg_quality: JPEG quality of the images.
         progress: Show a progress bar.
 
@@ -597,13 +548,10 @@ def write_shapes_shards(
         The absolute path of the output folder.
 
     Raises:
-        ValueError: If a parameter is invalid (unknown attribute name, ``num_samples`` < 1...).
+        ValueError: If ``num_samples`` < 1.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    spec = _make_spec(
-        image_size, two_shape_fraction, colours, shapes, sizes, positions, relations, with_queries
-    )
     metadata = shapes_metadata(num_samples, samples_per_shard, seed, split, spec, jpeg_quality)
     width = max(6, len(str(num_samples - 1)))
     with ShardWriter(
@@ -632,17 +580,10 @@ def _normalised(document: Any) -> Any:
 def ensure_shapes_shards(
     out_dir: str,
     num_samples: int,
+    spec: ShapesSpec = ShapesSpec(),
     samples_per_shard: int = 1000,
     seed: int = 0,
     split: str = "train",
-    image_size: int = 64,
-    two_shape_fraction: float = 0.3,
-    colours: list[str] | None = None,
-    shapes: list[str] | None = None,
-    sizes: list[str] | None = None,
-    positions: list[str] | None = None,
-    relations: list[str] | None = None,
-    with_queries: bool = False,
     jpeg_quality: int = 95,
     progress: bool = False,
 ) -> str:
@@ -656,17 +597,10 @@ def ensure_shapes_shards(
     Args:
         out_dir: Output folder for this split.
         num_samples: Number of samples.
+        spec: What to draw.
         samples_per_shard: Maximum number of samples per shard.
         seed: Random seed.
         split: Split name (shard prefix, part of the random seed).
-        image_size: Side of the square images in pixels.
-        two_shape_fraction: Share of two-shape samples.
-        colours: Colour names (``None``: defaults of :class:`ShapesSpec`).
-        shapes: Shape names (``None``: defaults).
-        sizes: Size names (``None``: defaults).
-        positions: Position names (``None``: defaults).
-        relations: Relation names (``None``: defaults).
-        with_queries: Add a ``query`` to each sample's metadata.
         jpeg_quality: JPEG quality of the images.
         progress: Show a progress bar when writing.
 
@@ -674,12 +608,9 @@ def ensure_shapes_shards(
         The absolute path of the output folder.
 
     Raises:
-        ValueError: If a parameter is invalid, or ``out_dir`` holds shards of another split
+        ValueError: If ``num_samples`` < 1, or ``out_dir`` holds shards of another split
             (use one folder per split) or shards that this generator did not write.
     """
-    spec = _make_spec(
-        image_size, two_shape_fraction, colours, shapes, sizes, positions, relations, with_queries
-    )
     wanted = shapes_metadata(num_samples, samples_per_shard, seed, split, spec, jpeg_quality)
     folder = Path(out_dir).absolute()
     if (folder / INDEX_FILENAME).is_file():
@@ -703,21 +634,7 @@ def ensure_shapes_shards(
                 return str(folder)
     started = time.perf_counter()
     result = write_shapes_shards(
-        out_dir,
-        num_samples,
-        samples_per_shard=samples_per_shard,
-        seed=seed,
-        split=split,
-        image_size=image_size,
-        two_shape_fraction=two_shape_fraction,
-        colours=colours,
-        shapes=shapes,
-        sizes=sizes,
-        positions=positions,
-        relations=relations,
-        with_queries=with_queries,
-        jpeg_quality=jpeg_quality,
-        progress=progress,
+        out_dir, num_samples, spec, samples_per_shard, seed, split, jpeg_quality, progress
     )
     if progress:
         print(
