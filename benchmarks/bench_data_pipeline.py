@@ -37,10 +37,10 @@ from transformers import AutoTokenizer
 
 from jepa_lightning.data import WebDataModule
 from jepa_lightning.data.collate import PairCollator
-from jepa_lightning.data.shapes import write_shapes_shards
-from jepa_lightning.data.shards import read_shard_index
+from jepa_lightning.data.index import read_shard_index
 from jepa_lightning.encoders.text import TextCodec
 from jepa_lightning.encoders.vision import ImageCodec
+from jepa_lightning.tools.shapes import ShapesSpec, write_shapes_shards
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 224
@@ -93,7 +93,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     folder = str(Path(tempfile.mkdtemp()) / "shards")
-    write_shapes_shards(folder, args.samples, samples_per_shard=256, image_size=IMAGE_SIZE)
+    write_shapes_shards(
+        folder, args.samples, ShapesSpec(image_size=IMAGE_SIZE), samples_per_shard=256
+    )
     urls = read_shard_index(folder).urls
     runs = {
         "bare tarfile + PIL": lambda: bare_loop(urls),

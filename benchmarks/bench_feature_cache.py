@@ -2,7 +2,7 @@
 
 Two models, each trained for one epoch on the same shapes samples, once from the image shards
 (the frozen X-encoder runs every step) and once from feature shards written by
-:func:`~jepa_lightning.data.feature_cache.write_feature_cache` (the X-encoder is skipped):
+:func:`~jepa_lightning.tools.feature_cache.write_feature_cache` (the X-encoder is skipped):
 
 * ``default``: ``configs/shapes_tiny.yaml`` as it is (64x64 images, a 2-layer ViT, batch 128,
   one data loader worker).
@@ -39,8 +39,8 @@ from jsonargparse import ArgumentParser
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
 from jepa_lightning.data import WebDataModule
-from jepa_lightning.data.feature_cache import write_feature_cache
-from jepa_lightning.data.shapes import write_shapes_shards
+from jepa_lightning.tools.feature_cache import write_feature_cache
+from jepa_lightning.tools.shapes import ShapesSpec, write_shapes_shards
 
 REPO = Path(__file__).resolve().parents[1]
 VIT_L = {
@@ -103,7 +103,7 @@ def run_case(
     root = Path(tempfile.mkdtemp())
     images = str(root / "images")
     write_shapes_shards(
-        images, samples, samples_per_shard=max(64, samples // 4), image_size=image_size
+        images, samples, ShapesSpec(image_size=image_size), samples_per_shard=max(64, samples // 4)
     )
     encoder = build_model(section).vision_encoder  # type: ignore[attr-defined]
     start = time.perf_counter()

@@ -38,9 +38,9 @@ import torch
 import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from jepa_lightning.data.shapes import ShapesSpec, generate_sample
 from jepa_lightning.encoders import TextEncoder, VisionEncoder
 from jepa_lightning.modules import VLJEPA
+from jepa_lightning.tools.shapes import ShapesSpec, generate_sample
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "shapes_tiny.yaml"

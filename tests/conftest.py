@@ -65,15 +65,14 @@ def tiny_model_kwargs() -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Small shapes train/val shard folders at 32x32, shared by the session."""
-    from jepa_lightning.data.shapes import ensure_shapes_shards
+    from jepa_lightning.tools.shapes import ShapesSpec, ensure_shapes_shards
 
     root = tmp_path_factory.mktemp("shapes")
+    spec = ShapesSpec(image_size=32)
     ensure_shapes_shards(
-        str(root / "train"), 256, samples_per_shard=64, seed=0, split="train", image_size=32
+        str(root / "train"), 256, spec, samples_per_shard=64, seed=0, split="train"
     )
-    ensure_shapes_shards(
-        str(root / "val"), 64, samples_per_shard=32, seed=1, split="val", image_size=32
-    )
+    ensure_shapes_shards(str(root / "val"), 64, spec, samples_per_shard=32, seed=1, split="val")
     return root
 
 

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from callback_fit import events, fit
 
 from jepa_lightning.callbacks import ZeroShotEvaluator
-from jepa_lightning.data.shapes import shapes_class_names
 from jepa_lightning.modules import VLJEPA
+from jepa_lightning.tools.shapes import shapes_class_names
 
 
 def shapes_evaluator() -> ZeroShotEvaluator:

@@ -25,9 +25,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from PIL import Image
 
 from jepa_lightning.data import WebDataModule
-from jepa_lightning.data.shards import ShardWriter
 from jepa_lightning.encoders import TextEncoder, VisionEncoder
 from jepa_lightning.modules import VLJEPA
+from jepa_lightning.tools.shards import ShardWriter
 
 WORLD_SIZE = 2
 TIMEOUT_S = 300.0  # generous: the CPUs may be shared; a hang never ends
