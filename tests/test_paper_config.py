@@ -23,8 +23,12 @@ from conftest import REPO, TOKENIZER
 from lightning.pytorch import LightningDataModule, LightningModule
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 
+from jepa_lightning.batch import Batch
 from jepa_lightning.cli import JEPALightningCLI, main
+from jepa_lightning.encoders import VisionEncoder
+from jepa_lightning.models import BatchForward
 from jepa_lightning.modules import VLJEPA
+from jepa_lightning.objectives import CaptionInfoNCE
 
 PAPER = REPO / "configs" / "vl_jepa_vitl.yaml"
 TRAINERS = [REPO / "configs" / "trainer_ddp_bf16.yaml", REPO / "configs" / "trainer_multinode.yaml"]
@@ -83,7 +87,7 @@ def model_sources_override(
     override = {
         "model": {
             "init_args": {
-                "vision_encoder": {"init_args": {"model": vision}},
+                "x_encoder": {"init_args": {"model": vision}},
                 "text_encoder": {"init_args": text_args},
                 "predictor_lm": predictor,
             }
@@ -117,7 +121,7 @@ def test_config_parses_with_the_cli(trainer_config: Path | None, capsys) -> None
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     model = printed["model"]["init_args"]
-    assert model["vision_encoder"]["init_args"]["model"] == VISION_NAME
+    assert model["x_encoder"]["init_args"]["model"] == VISION_NAME
     assert model["text_encoder"]["init_args"]["model"] == TEXT_NAME
     assert model["predictor_lm"] == PREDICTOR_NAME
     assert printed["trainer"]["precision"] == "bf16-mixed"
@@ -129,36 +133,59 @@ def test_config_parses_with_the_cli(trainer_config: Path | None, capsys) -> None
 
 def test_paper_architecture_values() -> None:
     model = paper_config()["model"]["init_args"]
-    assert model["vision_encoder"]["init_args"]["frozen"] is True
+    assert model["x_encoder"]["init_args"]["frozen"] is True
     assert model["text_encoder"]["init_args"]["lr_multiplier"] == 0.05
     assert model["embed_dim"] == 1536
     assert model["predictor_layers"] == 8
+    # The paper's objective only: the caption InfoNCE.
+    assert [o["class_path"] for o in model["objectives"]] == [
+        "jepa_lightning.objectives.CaptionInfoNCE"
+    ]
+    assert model["optimizer"]["class_path"] == "torch.optim.AdamW"
 
 
 def test_tiny_stand_ins_build_the_paper_wiring(tmp_path: Path) -> None:
     override = model_sources_override(
         tmp_path, TINY_VJEPA2, TINY_GEMMA3_TEXT, TINY_LLAMA_10, tokenizer=TOKENIZER
     )
-    model = build(tmp_path, override)
-    assert model.vision_encoder.is_video_model and model.vision_encoder.frozen
-    assert not any(p.requires_grad for p in model.vision_encoder.parameters())
+    module = build(tmp_path, override)
+    model = module.model
+    x_encoder = model.x_encoder
+    assert isinstance(x_encoder, VisionEncoder)
+    assert x_encoder.is_video_model and x_encoder.frozen
+    assert not any(p.requires_grad for p in x_encoder.parameters())
     assert model.text_encoder.model.config.model_type == "gemma3_text"
     assert len(model.predictor.layers) == 8
     assert model.predictor.visual_proj.in_features == TINY_VJEPA2["hidden_size"]
     assert model.predictor.query_proj.in_features == TINY_GEMMA3_TEXT["hidden_size"]
     assert model.predictor.output_proj.out_features == 1536
     assert model.text_projection.out_features == 1536
-    groups = {g["name"]: g for g in model.parameter_groups()}
+    assert list(module.objectives) == ["caption"]
+    caption = module.objectives["caption"]
+    assert isinstance(caption, CaptionInfoNCE)
+    assert caption.temperature == pytest.approx(0.07)
+    groups = {g["name"]: g for g in module.parameter_groups()}
     assert groups["text_encoder"]["lr_multiplier"] == 0.05
     assert groups["head"]["lr_multiplier"] == 1.0
+    optimizer, _ = module.build_optimizer(total_steps=100)
+    assert type(optimizer) is torch.optim.AdamW
+    peaks = {g["name"]: g["initial_lr"] for g in optimizer.param_groups}
+    assert peaks["head"] == pytest.approx(1e-4)
+    assert peaks["text_encoder"] == pytest.approx(5e-6)  # the paper's 0.05x
+    assert optimizer.defaults["weight_decay"] == 0.05
+    assert optimizer.defaults["betas"] == (0.9, 0.98)
 
-    captions = model.text_encoder.tokenize(["a red circle", "a big blue square"])
-    batch = {
-        "inputs": torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8),
-        "caption_ids": captions["input_ids"],
-        "caption_mask": captions["attention_mask"].bool(),
-    }
-    loss = model.compute_losses(batch)["loss"]
+    captions = ["a red circle", "a big blue square"]
+    tokens = model.text_encoder.tokenize(captions)
+    batch = Batch(
+        x=torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8),
+        pair_ids=torch.arange(2),
+        keys=["0", "1"],
+        captions=captions,
+        caption_ids=tokens["input_ids"],
+        caption_mask=tokens["attention_mask"].bool(),
+    )
+    loss = module.compute_losses(BatchForward(model, batch))["loss"]
     loss.backward()
     assert torch.isfinite(loss)
     assert model.text_encoder.model.embed_tokens.weight.grad is not None
@@ -188,14 +215,16 @@ def test_local_folders_load_pretrained_weights(tmp_path: Path) -> None:
     override = model_sources_override(
         tmp_path, str(tmp_path / "vjepa2"), str(tmp_path / "gemma"), str(tmp_path / "llama")
     )
-    model = build(tmp_path, override)
+    model = build(tmp_path, override).model
 
-    assert_same_weights(model.vision_encoder.backbone, vision.encoder)
+    x_encoder = model.x_encoder
+    assert isinstance(x_encoder, VisionEncoder)
+    assert_same_weights(x_encoder.backbone, vision.encoder)
     assert_same_weights(model.text_encoder.model, text)
     for kept, layer in zip(model.predictor.layers, predictor.layers[2:], strict=True):
         assert_same_weights(kept, layer)
     assert_same_weights(model.predictor.norm, predictor.norm)
-    assert model.vision_encoder_source == str(tmp_path / "vjepa2")
+    assert x_encoder.describe()["source"] == str(tmp_path / "vjepa2")
 
 
 def test_hub_names_go_to_from_pretrained(tmp_path: Path, monkeypatch) -> None:
@@ -220,7 +249,7 @@ def test_hub_names_go_to_from_pretrained(tmp_path: Path, monkeypatch) -> None:
 
     monkeypatch.setattr(AutoModel, "from_pretrained", from_pretrained)
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", tokenizer_from_pretrained)
-    model = build(tmp_path)
+    model = build(tmp_path).model
     assert sorted(requested) == sorted(stand_ins)
     assert len(model.predictor.layers) == 8
     assert model.text_encoder.lr_multiplier == 0.05
