@@ -6,14 +6,8 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from jepa_lightning.data.shards import (
-    INDEX_FILENAME,
-    INDEX_FORMAT,
-    ShardWriter,
-    encode_jpeg,
-    read_shard_index,
-    validate_key,
-)
+from jepa_lightning.data.index import INDEX_FILENAME, INDEX_FORMAT, read_shard_index
+from jepa_lightning.tools.shards import ShardWriter, encode_jpeg, validate_key
 
 
 def _image(i: int) -> Image.Image:
@@ -114,31 +108,16 @@ def test_validate_key() -> None:
             validate_key(bad)
 
 
-def test_index_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
-        read_shard_index(tmp_path)
-    index = tmp_path / INDEX_FILENAME
-    index.write_text("{not json")
-    with pytest.raises(ValueError, match="not valid JSON"):
-        read_shard_index(tmp_path)
-    index.write_text(json.dumps({"format": "other", "shards": []}))
-    with pytest.raises(ValueError, match="format 'other'"):
-        read_shard_index(index)
-    good = {
-        "format": INDEX_FORMAT,
-        "num_samples": 4,
-        "shards": [{"name": "x.tar", "num_samples": 3}],
-    }
-    index.write_text(json.dumps(good))
-    with pytest.raises(ValueError, match="sum of the shard counts"):
-        read_shard_index(index)
-    good["num_samples"] = 3
-    index.write_text(json.dumps(good))
-    with pytest.raises(FileNotFoundError, match="missing shards"):
-        read_shard_index(index)
-    assert read_shard_index(index, check_files=False).urls == [str(tmp_path.absolute() / "x.tar")]
-
-
 def test_encode_jpeg_converts_rgba() -> None:
     data = encode_jpeg(Image.new("RGBA", (8, 8), (1, 2, 3, 4)))
     assert data[:2] == b"\xff\xd8"
+
+
+def test_prefix_with_glob_characters_is_matched_literally(tmp_path: Path) -> None:
+    with ShardWriter(tmp_path, prefix="set[1]") as writer:
+        writer.write_sample("a", _image(0), "c")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        ShardWriter(tmp_path, prefix="set[1]")
+    with ShardWriter(tmp_path, prefix="set[1]", overwrite=True) as writer:
+        writer.write_sample("b", _image(1), "c")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json", "set[1]-000000.tar"]

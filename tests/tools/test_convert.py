@@ -6,8 +6,8 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from jepa_lightning.data.convert import convert_folder, key_from_path
-from jepa_lightning.data.shards import read_shard_index
+from jepa_lightning.data.index import read_shard_index
+from jepa_lightning.tools.convert import convert_folder, key_from_path
 
 
 def _save(path: Path, colour: tuple[int, int, int], fmt: str | None = None) -> None:

@@ -1,3 +1,5 @@
+import hashlib
+import json
 import os
 import time
 from collections import Counter
@@ -6,7 +8,9 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
-from jepa_lightning.data.shapes import (
+from jepa_lightning.cli import main
+from jepa_lightning.data.index import read_shard_index
+from jepa_lightning.tools.shapes import (
     POSITIONS,
     SHAPES,
     ShapesSpec,
@@ -16,7 +20,7 @@ from jepa_lightning.data.shapes import (
     shapes_class_names,
     write_shapes_shards,
 )
-from jepa_lightning.data.shards import ShardWriter, read_shard_index
+from jepa_lightning.tools.shards import ShardWriter
 
 PHRASES = {"left": "on the left", "center": "in the center", "right": "on the right"}
 
@@ -93,6 +97,14 @@ def test_geometry_is_unambiguous() -> None:
             assert a[2 + axis] < b[axis]  # no overlap along the relation
 
 
+def test_captions_and_layouts_are_those_of_generator_version_1() -> None:
+    # Pure-Python parts of the samples (captions, layouts, queries): a change here changes the
+    # default run's data and must bump GENERATOR_VERSION. Images also depend on Pillow.
+    rows = [generate_sample(i, 0, ShapesSpec(with_queries=True))[1:] for i in range(40)]
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+    assert digest == "30b7597ed4ca934e727fe3bcf9ddea24e61d45dcfc6975b7f5f5fa5df6b8c21c"
+
+
 def test_queries_do_not_change_images() -> None:
     plain = generate_sample(5, 0, ShapesSpec())
     with_query = generate_sample(5, 0, ShapesSpec(with_queries=True))
@@ -130,6 +142,14 @@ def test_write_deterministic_and_readable(tmp_path: Path) -> None:
         assert sample["jpg"].size == (64, 64)
 
 
+def test_cli_takes_the_spec_as_dotted_options(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    main(["data", "shapes", str(out), "6", "--spec.image_size=32", "--spec.colours=[red, black]"])
+    metadata = read_shard_index(out).metadata
+    assert metadata["spec"] == ShapesSpec(image_size=32, colours=("red", "black")).to_dict()
+    assert metadata["num_samples"] == 6
+
+
 def test_train_and_val_differ() -> None:
     spec = ShapesSpec()
     train = [generate_sample(i, 0, spec, "train")[0].tobytes() for i in range(20)]
@@ -146,10 +166,11 @@ def test_ensure_writes_once_then_noop_then_rewrites(tmp_path: Path) -> None:
     ensure_shapes_shards(out, 20, samples_per_shard=8)
     assert (os.stat(shard).st_mtime_ns, os.stat(Path(out, "index.json")).st_mtime_ns) == stamp
 
-    ensure_shapes_shards(out, 20, samples_per_shard=8, two_shape_fraction=0.5)
+    half = ShapesSpec(two_shape_fraction=0.5)
+    ensure_shapes_shards(out, 20, half, samples_per_shard=8)
     assert os.stat(shard).st_mtime_ns != stamp[0]
     assert read_shard_index(out).metadata["spec"]["two_shape_fraction"] == 0.5
-    ensure_shapes_shards(out, 10, samples_per_shard=8, two_shape_fraction=0.5)
+    ensure_shapes_shards(out, 10, half, samples_per_shard=8)
     index = read_shard_index(out)
     assert index.num_samples == 10 and sorted(p.name for p in Path(out).glob("*.tar")) == [
         "train-000000.tar",
@@ -157,7 +178,7 @@ def test_ensure_writes_once_then_noop_then_rewrites(tmp_path: Path) -> None:
     ]
 
     Path(out, "train-000001.tar").unlink()  # a missing shard triggers a rewrite
-    ensure_shapes_shards(out, 10, samples_per_shard=8, two_shape_fraction=0.5)
+    ensure_shapes_shards(out, 10, half, samples_per_shard=8)
     assert read_shard_index(out).num_samples == 10
 
     with pytest.raises(ValueError, match="one folder per split"):
