@@ -10,7 +10,8 @@ from pathlib import Path
 import webdataset as wds
 from PIL import Image
 
-from jepa_lightning.data.shards import INDEX_FILENAME, ShardIndex, encode_jpeg
+from jepa_lightning.data.index import INDEX_FILENAME, ShardIndex
+from jepa_lightning.tools.shards import encode_jpeg
 
 CORRUPT_IMAGE, NO_CAPTION, TRUNCATED = "corrupt_image", "no_caption", "truncated"
 

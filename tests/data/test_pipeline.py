@@ -10,9 +10,10 @@ from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
 import jepa_lightning.data.pipeline as pipeline
+from jepa_lightning.batch import Batch
 from jepa_lightning.data.collate import PairCollator
 from jepa_lightning.data.datamodule import EpochDataLoader
-from jepa_lightning.data.feature_cache import FeatureCodec
+from jepa_lightning.data.features import FeatureCodec
 from jepa_lightning.data.pipeline import (
     Shard,
     ShardRange,
@@ -32,13 +33,13 @@ def collator() -> PairCollator:
     return PairCollator(ImageCodec(16), TextCodec(AutoTokenizer.from_pretrained(TOKENIZER), 16))
 
 
-def _run(stream: ShardStream, epoch: int = 0) -> list[dict]:
+def _run(stream: ShardStream, epoch: int = 0) -> list[Batch]:
     stream.set_epoch(epoch)
     return list(stream)
 
 
-def _keys(batches: list[dict]) -> list[str]:
-    return [key for batch in batches for key in batch["keys"]]
+def _keys(batches: list[Batch]) -> list[str]:
+    return [key for batch in batches for key in batch.keys]
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,9 @@ def test_resolve_sources(tmp_path: Path, uneven_folder: Path) -> None:
     mixed = resolve_shards([str(uneven_folder), paths[0], f"pipe:cat {paths[1]}"])
     assert len(mixed) == 5 and mixed[-1].url == f"pipe:cat {paths[1]}"
     assert count_samples(mixed[-1].url) == 3
+    odd = tmp_path / "odd [name]"  # glob characters in the folder name are literal
+    write_shards(odd, (2, 3), index=False)
+    assert [s.num_samples for s in resolve_shards(str(odd))] == [None, None]
 
 
 def test_missing_shard_and_empty_source_fail_with_the_key(tmp_path: Path) -> None:
@@ -103,7 +107,7 @@ def test_epoch_mode_reads_each_sample_once_and_equal_batches(
             )
             batches = _run(stream, epoch)
             assert len(batches) == len(stream) == per_rank
-            assert all(len(b["keys"]) == batch_size for b in batches)
+            assert all(len(b) == batch_size for b in batches)
             keys += _keys(batches)
         assert len(keys) == len(set(keys)) == world * per_rank * batch_size
         orders.append(keys)
@@ -146,7 +150,7 @@ def test_eval_mode_covers_every_sample_once_in_equal_steps(
         batches = _run(stream)
         lengths.append(len(batches))
         assert len(batches) == len(stream)
-        assert all(1 <= len(b["keys"]) <= max(batch_size, 2) for b in batches)
+        assert all(1 <= len(b) <= max(batch_size, 2) for b in batches)
         keys += _keys(batches)
     assert len(set(lengths)) == 1
     assert keys == [f"s{n:05d}" for n in range(sum(SIZES))]  # in order, each once
@@ -155,7 +159,7 @@ def test_eval_mode_covers_every_sample_once_in_equal_steps(
 def test_eval_mode_with_workers(shards: list[Shard], collator: PairCollator) -> None:
     stream = ShardStream(shards, collator, 8, "eval", rank=1, world_size=2)
     loader = DataLoader(stream, batch_size=None, num_workers=2)
-    keys = [key for batch in loader for key in batch["keys"]]
+    keys = [key for batch in loader for key in batch.keys]
     assert len(loader) == len(stream)
     assert sorted(keys) == [f"s{n:05d}" for n in range(35, 70)]
 
@@ -180,7 +184,7 @@ def test_eval_skips_and_counts_bad_samples(broken: list[Shard], collator: PairCo
         skipped, keys = 0, []
         for rank in range(world):
             batches = _run(ShardStream(broken, collator, 8, "eval", rank=rank, world_size=world))
-            skipped += sum(b["skipped"] for b in batches)
+            skipped += sum(b.skipped for b in batches)
             keys += _keys(batches)
         assert skipped == len(BAD)
         assert keys == [f"s{n:05d}" for n in range(sum(SIZES)) if n not in BAD]
@@ -193,7 +197,7 @@ def test_epoch_mode_replaces_bad_samples(broken: list[Shard], collator: PairColl
         keys = Counter(_keys(batches))
         assert len(batches) == 14 and not keys.keys() & {f"s{n:05d}" for n in BAD}
         # One pass reads every sample; the refill re-reads the start of the first shard.
-        assert sum(b["skipped"] for b in batches) >= len(BAD)
+        assert sum(b.skipped for b in batches) >= len(BAD)
         assert len(keys) == sum(SIZES) - len(BAD)
 
 
@@ -201,15 +205,15 @@ def test_eval_batch_of_only_bad_samples_borrows(tmp_path: Path, collator: PairCo
     write_shards(tmp_path, (6,), bad={0: CORRUPT_IMAGE, 1: NO_CAPTION})
     stream = ShardStream(resolve_shards(str(tmp_path)), collator, 2, "eval")
     batches = _run(stream)
-    assert [b["keys"] for b in batches] == [["s00002"], ["s00003"], ["s00004", "s00005"]]
-    assert [b["skipped"] for b in batches] == [2, 0, 0]
+    assert [b.keys for b in batches] == [["s00002"], ["s00003"], ["s00004", "s00005"]]
+    assert [b.skipped for b in batches] == [2, 0, 0]
 
 
 def test_stream_of_unusable_samples_fails(
     shards: list[Shard], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(pipeline, "MAX_BAD_STREAK", 5)
-    features = PairCollator(FeatureCodec("float16", (4, 8)))
+    features = PairCollator(FeatureCodec("float16", dim=8, num_tokens=4))
     with pytest.raises(RuntimeError, match="consecutive samples .* no feat member"):
         _run(ShardStream(shards, features, 4, "resampled", 3))
 
@@ -225,7 +229,7 @@ def test_resumed_loader_continues_the_same_batches(
         loader = EpochDataLoader(
             stream, epoch_of=lambda: 1, resume_batches_of=lambda: done, num_workers=num_workers
         )
-        return [batch["keys"] for batch in loader]
+        return [batch.keys for batch in loader]
 
     full = keys_per_batch(0)
     assert len(full) == 5
