@@ -22,7 +22,8 @@ def fit(
     **trainer_kwargs: Any,
 ) -> tuple[Trainer, Path]:
     """Fits 4 steps (validation after 2 and 4, 2 batches of 16) and returns the log dir."""
-    data = tiny_shapes_data(shapes_root)
+    model = VLJEPA(**model_kwargs)
+    data = tiny_shapes_data(shapes_root, model)
     settings: dict[str, Any] = {
         "max_steps": 4,
         "val_check_interval": 2,
@@ -38,7 +39,7 @@ def fit(
     settings.update(trainer_kwargs)
     tb = TensorBoardLogger(save_dir=tmp_path, name="tb") if logger else False
     trainer = Trainer(logger=tb, callbacks=callbacks, **settings)
-    trainer.fit(VLJEPA(**model_kwargs), data)
+    trainer.fit(model, data)
     return trainer, Path(tb.log_dir) if tb else tmp_path
 
 

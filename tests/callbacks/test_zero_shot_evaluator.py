@@ -42,8 +42,11 @@ def test_class_embeddings_average_the_templates(tiny_model_kwargs) -> None:
         {"colour": {"red": "red one", "blue": "blue one"}}, {"colour": ["a {}", "the {}"]}
     )
     texts = ["a red one", "the red one", "a blue one", "the blue one"]
-    tokens = model.text_encoder.tokenize(texts)
-    s = model.embed_texts(tokens["input_ids"], tokens["attention_mask"].bool())
+    tokens = model.model.text_encoder.tokenize(texts)
+    with torch.no_grad():
+        s = F.normalize(
+            model.model.embed_text(tokens["input_ids"], tokens["attention_mask"].bool()), dim=-1
+        )
     expected = F.normalize(s.view(2, 2, -1).mean(dim=1), dim=-1)
     torch.testing.assert_close(evaluator.class_embeddings(model, "colour"), expected)
 

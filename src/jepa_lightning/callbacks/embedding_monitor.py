@@ -15,6 +15,7 @@ from jepa_lightning.callbacks.utils import (
     require_vl_jepa,
     validation_embeddings,
 )
+from jepa_lightning.distributed import is_distributed
 from jepa_lightning.metrics import Alignment, Uniformity
 
 
@@ -138,5 +139,7 @@ def _pair_metrics(
 
 
 def _gathered(tensor: Tensor) -> Tensor:
-    """Every rank's rows, concatenated (without gradient)."""
+    """Every rank's rows, concatenated (without gradient); the rows as they are on one process."""
+    if not is_distributed():  # gather_all_tensors needs an initialised process group
+        return tensor.detach()
     return torch.cat(gather_all_tensors(tensor.detach()))
