@@ -11,14 +11,15 @@ from lightning.pytorch import Trainer
 from PIL import Image
 from shard_factory import CORRUPT_IMAGE, NO_CAPTION, TRUNCATED, write_shards
 
-from jepa_lightning.data import WebDataModule
-from jepa_lightning.data.convert import convert_folder
+from jepa_lightning.data import PairCollator, WebDataModule
+from jepa_lightning.encoders.vision import ImageCodec
 from jepa_lightning.modules import VLJEPA
+from jepa_lightning.tools.convert import convert_folder
 
 
-def _attach(data: WebDataModule, world_size: int = 1, rank: int = 0, model: Any = None) -> None:
+def _attach(data: WebDataModule, world_size: int = 1, rank: int = 0) -> None:
     data.trainer = SimpleNamespace(  # type: ignore[assignment]
-        global_rank=rank, world_size=world_size, lightning_module=model, current_epoch=0
+        global_rank=rank, world_size=world_size, current_epoch=0
     )
 
 
@@ -62,6 +63,15 @@ def test_epoch_length_needs_an_index_or_a_config(tmp_path: Path) -> None:
         data.train_dataloader()
 
 
+def test_loaders_need_the_model_collator(tmp_path: Path) -> None:
+    write_shards(tmp_path, (4,))
+    data = WebDataModule(train_shards=str(tmp_path), val_shards=str(tmp_path), batch_size=2)
+    _attach(data)
+    for loader in (data.train_dataloader, data.val_dataloader):
+        with pytest.raises(ValueError, match=r"data\.collator is not set.*batch_collator"):
+            loader()
+
+
 def test_train_weights_are_checked() -> None:
     with pytest.raises(ValueError, match="one weight each"):
         WebDataModule(train_shards="a", train_weights=[1.0])
@@ -71,18 +81,19 @@ def test_train_weights_are_checked() -> None:
         WebDataModule(train_shards=["a", "b"], train_weights=[1.0, 2.0], resampled=False)
 
 
-def test_train_weights_mix_sources_by_samples(tmp_path: Path, tiny_model_kwargs) -> None:
+def test_train_weights_mix_sources_by_samples(tmp_path: Path) -> None:
     small, large = tmp_path / "small", tmp_path / "large"
     write_shards(small, (4, 4), image_size=32)
     write_shards(large, (40,), image_size=32)
     data = WebDataModule(
+        PairCollator(ImageCodec(32)),
         train_shards=[str(small), str(large)],
         train_weights=[1.0, 1.0],
         batch_size=8,
         samples_per_epoch=800,
         num_workers=0,
     )
-    _attach(data, model=VLJEPA(**tiny_model_kwargs))
+    _attach(data)
     stream = data.train_dataloader().dataset
     # Same share of samples: each small shard is drawn 5x as often as the large one.
     assert stream.cum_weights == pytest.approx([1 / 8, 2 / 8, 2 / 8 + 1 / 40])
@@ -93,7 +104,9 @@ BAD = {15: CORRUPT_IMAGE, 31: NO_CAPTION, 47: TRUNCATED}
 
 def test_training_on_corrupt_shards_skips_and_counts(tmp_path: Path, tiny_model_kwargs) -> None:
     write_shards(tmp_path, (16, 16, 16), image_size=32, bad=BAD)
+    model = VLJEPA(**tiny_model_kwargs)
     data = WebDataModule(
+        model.batch_collator(),
         train_shards=str(tmp_path),
         val_shards=str(tmp_path),
         batch_size=4,
@@ -102,7 +115,7 @@ def test_training_on_corrupt_shards_skips_and_counts(tmp_path: Path, tiny_model_
         shuffle_buffer=4,
     )
     trainer = _trainer(tmp_path, max_epochs=1)
-    trainer.fit(VLJEPA(**tiny_model_kwargs), data)
+    trainer.fit(model, data)
     assert trainer.global_step == 12 == trainer.num_training_batches
     assert trainer.callback_metrics["data/skipped"].item() == len(BAD)
     assert math.isfinite(trainer.callback_metrics["val/loss"].item())
@@ -119,17 +132,22 @@ def test_converted_folder_trains(tmp_path: Path, tiny_model_kwargs) -> None:
     output = tmp_path / "shards"
     report = convert_folder(str(photos), output=str(output), samples_per_shard=4, progress=False)
     assert report.written == 12 and report.skipped == 1
+    model = VLJEPA(**tiny_model_kwargs)
     data = WebDataModule(
-        train_shards=str(output), val_shards=str(output), batch_size=4, num_workers=0
+        model.batch_collator(),
+        train_shards=str(output),
+        val_shards=str(output),
+        batch_size=4,
+        num_workers=0,
     )
     trainer = _trainer(tmp_path, max_steps=3, limit_val_batches=1)
-    trainer.fit(VLJEPA(**tiny_model_kwargs), data)
+    trainer.fit(model, data)
     assert trainer.global_step == 3
     assert trainer.callback_metrics["data/skipped"].item() == 0
 
 
 def test_shapes_loaders_know_their_length(shapes_root: Path, tiny_model_kwargs) -> None:
-    data = tiny_shapes_data(shapes_root)
-    _attach(data, world_size=2, model=VLJEPA(**tiny_model_kwargs))
+    data = tiny_shapes_data(shapes_root, VLJEPA(**tiny_model_kwargs))
+    _attach(data, world_size=2)
     assert len(data.train_dataloader()) == 256 // (16 * 2)
     assert len(data.val_dataloader()) == 2  # 32 samples per rank
