@@ -4,12 +4,12 @@ Two CPU processes (gloo) each hold a tiny ``VLJEPA`` (frozen ViT X-encoder, BERT
 Llama-style predictor) wrapped in ``DistributedDataParallel(find_unused_parameters=False)``,
 the configuration of ``strategy: ddp``: a trainable parameter that a step leaves unused, or a
 frozen one that DDP tried to reduce, would stop the second step. Each rank computes
-``compute_losses(its half of the batch)["loss"]`` (negatives gathered from both ranks) and
-backpropagates twice; the parent computes the same loss on the whole batch in one process.
-The model runs in float64 (so that only a real difference exceeds the tolerance) on cached
-X-encoder features, the batch key the feature cache provides: the X-encoder's float32 image
-normalisation cannot run in float64; its frozen parameters are in the wrapped module all the
-same.
+``compute_losses(BatchForward(model, its half of the batch))["loss"]`` (negatives gathered
+from both ranks) and backpropagates twice; the parent computes the same loss on the whole
+batch in one process. The model runs in float64 (so that only a real difference exceeds the
+tolerance) on cached X-encoder tokens (``Batch.x`` an ``EncoderOutput``, as the feature cache
+provides them): the X-encoder's float32 image normalisation cannot run in float64; its frozen
+parameters are in the wrapped module all the same.
 With gathered negatives each rank's loss is its share of the global mean, so DDP's averaged
 gradient must equal the single-process gradient of the predictor and the Y-encoder.
 
@@ -29,9 +29,12 @@ from conftest import TINY_BERT, TINY_LLAMA, TINY_VIT, TOKENIZER
 from spawn import run_on_ranks
 from torch import Tensor, nn
 
-from jepa_lightning.encoders import TextEncoder, VisionEncoder
+from jepa_lightning.batch import Batch
+from jepa_lightning.encoders import EncoderOutput, TextEncoder, VisionEncoder
 from jepa_lightning.masking import MaskPair, MultiBlockMaskGenerator
+from jepa_lightning.models import BatchForward
 from jepa_lightning.modules import VLJEPA
+from jepa_lightning.objectives import CaptionInfoNCE, MaskedTokenPrediction, Objective
 
 WORLD_SIZE = 2
 GLOBAL_BATCH = 8
@@ -50,9 +53,9 @@ CAPTIONS = [
     "a red star",
 ]
 
-# name -> (masked_weight, batch has queries)
-SCENARIOS: dict[str, tuple[float, bool]] = {
-    "caption": (0.0, False),
+# name -> (masked objective's weight or None, batch has queries)
+SCENARIOS: dict[str, tuple[float | None, bool]] = {
+    "caption": (None, False),
     "caption_query_masked": (0.5, True),
 }
 
@@ -61,7 +64,7 @@ class FixedMasks:
     """Stands in for the mask generator: returns given rows of masks drawn once."""
 
     def __init__(self, masks: MaskPair, rows: slice) -> None:
-        self.masks = MaskPair(*(m[rows] for m in masks))
+        self.masks = MaskPair(masks.context[rows], masks.targets[rows])
 
     def __call__(self, batch_size: int, generator: torch.Generator | None = None) -> MaskPair:
         assert batch_size == self.masks.context.shape[0]
@@ -69,54 +72,66 @@ class FixedMasks:
 
 
 class LossOf(nn.Module):
-    """Makes ``compute_losses(batch)["loss"]`` the forward of a module DDP can wrap."""
+    """Makes ``compute_losses(BatchForward(batch))["loss"]`` the forward of a module DDP wraps."""
 
     def __init__(self, model: VLJEPA) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, batch: dict[str, Any]) -> Tensor:
-        return self.model.compute_losses(batch)["loss"]
+    def forward(self, batch: Batch) -> Tensor:
+        return self.model.compute_losses(BatchForward(self.model.model, batch))["loss"]
 
 
 def build_model(name: str, rows: slice) -> VLJEPA:
     masked_weight, _ = SCENARIOS[name]
+    objectives: list[Objective] = [CaptionInfoNCE()]
+    if masked_weight is not None:
+        objectives.append(MaskedTokenPrediction(weight=masked_weight))
     torch.manual_seed(1234)  # same initial weights everywhere
     model = VLJEPA(
         VisionEncoder(TINY_VIT, image_mean=[0.5] * 3, image_std=[0.5] * 3),
         TextEncoder(NO_DROPOUT_BERT, tokenizer=TOKENIZER, lr_multiplier=0.5),
         embed_dim=16,
         predictor_lm=TINY_LLAMA,
-        masked_weight=masked_weight,
+        objectives=objectives,
     )
     model.double()
-    if model.mask_generator is not None:
-        grid = model.vision_encoder.grid_size
-        masks = MultiBlockMaskGenerator(grid, min_keep=2)(
+    if "masked" in model.objectives:
+        masked = model.objectives["masked"]
+        assert isinstance(masked, MaskedTokenPrediction)
+        masks = MultiBlockMaskGenerator(model.model.x_encoder.grid, min_keep=2)(
             GLOBAL_BATCH, generator=torch.Generator().manual_seed(7)
         )
-        model.mask_generator = FixedMasks(masks, rows)  # type: ignore[assignment]
+        masked.mask_generator = FixedMasks(masks, rows)  # type: ignore[assignment]
     return model
 
 
-def make_batch(name: str, model: VLJEPA, rows: slice) -> dict[str, Any]:
+def make_batch(name: str, model: VLJEPA, rows: slice) -> Batch:
     _, with_query = SCENARIOS[name]
     g = torch.Generator().manual_seed(99)
-    encoder = model.vision_encoder
-    captions = model.text_encoder.tokenize(CAPTIONS)  # padded over the whole batch
-    batch = {
-        "features": torch.randn(
-            GLOBAL_BATCH, encoder.num_tokens, encoder.output_dim, generator=g, dtype=torch.float64
-        ),
-        "caption_ids": captions["input_ids"],
-        "caption_mask": captions["attention_mask"].bool(),
-    }
+    encoder = model.model.x_encoder
+    assert encoder.num_tokens is not None
+    text_encoder = model.model.text_encoder
+    captions = text_encoder.tokenize(CAPTIONS)  # padded over the whole batch
+    tokens = torch.randn(
+        GLOBAL_BATCH, encoder.num_tokens, encoder.output_dim, generator=g, dtype=torch.float64
+    )
+    token_mask = torch.ones(tokens.shape[:2], dtype=torch.bool)
+    batch = Batch(
+        x=EncoderOutput(tokens[rows], token_mask[rows]),
+        pair_ids=torch.arange(GLOBAL_BATCH)[rows],
+        keys=[str(i) for i in range(GLOBAL_BATCH)][rows],
+        captions=CAPTIONS[rows],
+        caption_ids=captions["input_ids"][rows],
+        caption_mask=captions["attention_mask"].bool()[rows],
+    )
     if with_query:
-        queries = model.text_encoder.tokenize(["what colour is it?", "where?"] * 4)
-        batch["query_ids"] = queries["input_ids"]
-        batch["query_mask"] = queries["attention_mask"].bool()
-        batch["query_mask"][1::4] = False  # some samples have no query
-    return {key: value[rows] for key, value in batch.items()}
+        queries = text_encoder.tokenize(["what colour is it?", "where?"] * 4)
+        query_mask = queries["attention_mask"].bool()
+        query_mask[1::4] = False  # some samples have no query
+        batch.query_ids = queries["input_ids"][rows]
+        batch.query_mask = query_mask[rows]
+    return batch
 
 
 def rank_rows(rank: int) -> slice:
@@ -153,7 +168,7 @@ def reference(name: str) -> tuple[VLJEPA, dict[str, Any]]:
     """The same loss on the whole global batch, in one process."""
     rows = slice(0, GLOBAL_BATCH)
     model = build_model(name, rows)
-    loss = model.compute_losses(make_batch(name, model, rows))["loss"]
+    loss = model.compute_losses(BatchForward(model.model, make_batch(name, model, rows)))["loss"]
     loss.backward()
     return model, {"loss": loss.detach(), "grads": gradients(model)}
 
@@ -165,16 +180,18 @@ def test_every_trainable_parameter_gets_a_gradient(name: str) -> None:
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     unused = sorted(trainable - set(expected["grads"]))
     assert not unused, f"trainable parameters without a gradient: {unused}"
-    assert not any(n.startswith("vision_encoder.") for n in trainable)
+    assert not any(n.startswith("model.x_encoder.") for n in trainable)
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_ddp_gradients_match_global_batch(name: str, rank_results: list[dict[str, Any]]) -> None:
     model, expected = reference(name)
     names = set(expected["grads"])
-    assert any(n.startswith("predictor.") for n in names)
-    assert any(n.startswith("text_encoder.") for n in names)
-    assert "caption_loss.logit_scale" in names
+    assert any(n.startswith("model.predictor.") for n in names)
+    assert any(n.startswith("model.text_encoder.") for n in names)
+    assert "objectives.caption.loss.logit_scale" in names
+    if name == "caption_query_masked":
+        assert "objectives.masked.head.weight" in names
     for rank, results in enumerate(rank_results):
         got = results[name]
         assert set(got["grads"]) == names, f"rank {rank}"
