@@ -266,10 +266,11 @@ class WebDataModule(LightningDataModule):
                 ]
             self._val_shards = shards
         rank, world = self._rank_and_world()
+        collator = self._collator(self._val_shards, "data.val_shards")  # names the key itself
         try:
             stream = ShardStream(
                 self._val_shards,
-                self._collator(self._val_shards, "data.val_shards"),
+                collator,
                 self.val_batch_size,
                 mode="eval",
                 rank=rank,
