@@ -58,13 +58,14 @@ def _fit(
 ) -> dict[str, Any]:
     torch.manual_seed(0)
     model = VLJEPA(
-        vision_encoder=VisionEncoder(TINY_VIT),
+        x_encoder=VisionEncoder(TINY_VIT),
         text_encoder=TextEncoder(TINY_BERT, tokenizer=TOKENIZER),
         embed_dim=16,
         predictor_lm=TINY_LLAMA,
         warmup_steps=2,
     )
     data = WebDataModule(
+        collator=model.batch_collator(),
         train_shards=sources,
         val_shards=sources,
         batch_size=BATCH_SIZE,
