@@ -39,6 +39,7 @@ from jsonargparse import ArgumentParser
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
 from jepa_lightning.data import WebDataModule
+from jepa_lightning.modules import VLJEPA
 from jepa_lightning.tools.feature_cache import write_feature_cache
 from jepa_lightning.tools.shapes import ShapesSpec, write_shapes_shards
 
@@ -62,19 +63,23 @@ class EpochTimer(Callback):
         self.seconds = time.perf_counter() - self.start
 
 
-def build_model(section: dict[str, Any]) -> LightningModule:
+def build_model(section: dict[str, Any]) -> VLJEPA:
     seed_everything(0, verbose=False)
     parser = ArgumentParser()
     parser.add_subclass_arguments(LightningModule, "model", required=True)
-    model: LightningModule = parser.instantiate_classes(
-        parser.parse_object({"model": section})
-    ).model
+    model = parser.instantiate_classes(parser.parse_object({"model": section})).model
+    assert isinstance(model, VLJEPA)
     return model
 
 
 def epoch_seconds(section: dict[str, Any], shards: str, batch_size: int, workers: int) -> float:
+    model = build_model(section)
     data = WebDataModule(
-        train_shards=shards, batch_size=batch_size, resampled=False, num_workers=workers
+        collator=model.batch_collator(),
+        train_shards=shards,
+        batch_size=batch_size,
+        resampled=False,
+        num_workers=workers,
     )
     timer = EpochTimer()
     trainer = Trainer(
@@ -86,7 +91,7 @@ def epoch_seconds(section: dict[str, Any], shards: str, batch_size: int, workers
         enable_model_summary=False,
         callbacks=[timer],
     )
-    trainer.fit(build_model(section), data)
+    trainer.fit(model, data)
     assert trainer.global_step == len(trainer.train_dataloader)  # type: ignore[arg-type]
     return timer.seconds
 
@@ -105,7 +110,7 @@ def run_case(
     write_shapes_shards(
         images, samples, ShapesSpec(image_size=image_size), samples_per_shard=max(64, samples // 4)
     )
-    encoder = build_model(section).vision_encoder  # type: ignore[attr-defined]
+    encoder = build_model(section).model.x_encoder
     start = time.perf_counter()
     write_feature_cache(
         images,
@@ -149,7 +154,7 @@ def main() -> None:
     )
     data_args = config["data"]["init_args"]
     vitl = copy.deepcopy(section)
-    vitl["init_args"]["vision_encoder"]["init_args"]["model"] = VIT_L
+    vitl["init_args"]["x_encoder"]["init_args"]["model"] = VIT_L
     rows = [
         run_case(
             "default",
