@@ -7,9 +7,10 @@ small BERT, 2-layer predictor) from the same initial weights on the same precomp
 * ``lightning``: ``Trainer.fit`` for ``--steps`` steps (logger, progress bar, checkpointing,
   model summary and validation off). This includes ``VLJEPA.training_step``'s bookkeeping
   (the all-rank non-finite check, ``self.log`` of the losses and temperature).
-* ``plain``: ``compute_losses`` → ``backward`` → ``AdamW.step`` → ``LambdaLR.step`` →
-  ``zero_grad`` → temperature clamp: the same optimizer, groups and schedule as
-  ``VLJEPA.configure_optimizers``.
+* ``plain``: ``compute_losses`` → ``backward`` → ``optimizer.step`` → ``scheduler.step`` →
+  ``zero_grad`` → the objectives' ``after_optimizer_step`` (temperature clamp): the same
+  optimizer, groups and schedule as ``VLJEPA.configure_optimizers``
+  (``VLJEPA.build_optimizer``).
 
 Each repeat times the steps after ``--warmup`` steps (setup excluded); repeats alternate
 between the two sides (A, B, B, A, ...) and the medians are compared, as the machine is
@@ -36,9 +37,12 @@ from typing import Any
 import lightning
 import torch
 import yaml
+from jsonargparse import ArgumentParser
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from jepa_lightning.encoders import TextEncoder, VisionEncoder
+from jepa_lightning.batch import Batch
+from jepa_lightning.encoders import VisionEncoder
+from jepa_lightning.models import BatchForward
 from jepa_lightning.modules import VLJEPA
 from jepa_lightning.tools.shapes import ShapesSpec, generate_sample
 
@@ -48,25 +52,34 @@ GOAL = 1.03
 
 
 def build_default_model(config_path: Path) -> tuple[VLJEPA, int]:
-    """The model of a LightningCLI config (VLJEPA with VisionEncoder and TextEncoder).
+    """The model of a LightningCLI config (VLJEPA with a VisionEncoder X-encoder).
+
+    Its ``model`` section is instantiated as the CLI does (encoders, objectives and optimizer
+    from their ``class_path``).
 
     Returns:
         The model and the config's ``data.init_args.batch_size``.
     """
     config = yaml.safe_load(config_path.read_text())
-    args = dict(config["model"]["init_args"])
-    vision = dict(args.pop("vision_encoder")["init_args"])
-    text = dict(args.pop("text_encoder")["init_args"])
-    text["tokenizer"] = str(REPO / text["tokenizer"])  # relative to the repository root
-    model = VLJEPA(VisionEncoder(**vision), TextEncoder(**text), **args)
+    section = config["model"]
+    text = section["init_args"]["text_encoder"]["init_args"]
+    if "tokenizer" in text:
+        text["tokenizer"] = str(REPO / text["tokenizer"])  # relative to the repository root
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(LightningModule, "model", required=True)
+    model = parser.instantiate_classes(parser.parse_object({"model": section})).model
+    if not isinstance(model, VLJEPA) or not isinstance(model.model.x_encoder, VisionEncoder):
+        raise ValueError(f"{config_path}: the benchmark needs a VLJEPA with a VisionEncoder")
     return model, int(config["data"]["init_args"]["batch_size"])
 
 
-def make_batches(model: VLJEPA, count: int, batch_size: int) -> list[dict[str, Any]]:
+def make_batches(model: VLJEPA, count: int, batch_size: int) -> list[Batch]:
     """Collated batches of generated shapes samples, as the training stream yields them."""
     collator = model.batch_collator()
-    codec = model.vision_encoder.codec()
-    spec = ShapesSpec(image_size=model.vision_encoder.image_size)
+    x_encoder = model.model.x_encoder
+    assert isinstance(x_encoder, VisionEncoder)
+    codec = x_encoder.codec()
+    spec = ShapesSpec(image_size=x_encoder.image_size)
     batches = []
     for b in range(count):
         samples = []
@@ -76,7 +89,7 @@ def make_batches(model: VLJEPA, count: int, batch_size: int) -> list[dict[str, A
             image.save(encoded, format="PNG")
             pixels = codec.decode(encoded.getvalue())
             samples.append(
-                {"key": str(i), "inputs": pixels, "caption": caption, "query": None, "meta": meta}
+                {"key": str(i), "x": pixels, "caption": caption, "query": None, "meta": meta}
             )
         batches.append(collator.collate(samples))
     return batches
@@ -85,10 +98,10 @@ def make_batches(model: VLJEPA, count: int, batch_size: int) -> list[dict[str, A
 class Batches:
     """A plain iterable over precomputed batches (a list would be read as several loaders)."""
 
-    def __init__(self, batches: list[dict[str, Any]]) -> None:
+    def __init__(self, batches: list[Batch]) -> None:
         self.batches = batches
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Batch]:
         return iter(self.batches)
 
     def __len__(self) -> int:
@@ -115,7 +128,7 @@ class StepTimer(Callback):
 
 
 def lightning_run(
-    model: VLJEPA, batches: list[dict[str, Any]], warmup: int, precision: str = "32-true"
+    model: VLJEPA, batches: list[Batch], warmup: int, precision: str = "32-true"
 ) -> float:
     """Seconds per step of ``Trainer.fit`` over ``batches`` (after ``warmup`` steps)."""
     timer = StepTimer(warmup)
@@ -136,7 +149,7 @@ def lightning_run(
     return (timer.end - timer.start) / (len(batches) - warmup)
 
 
-def plain_run(model: VLJEPA, batches: list[dict[str, Any]], warmup: int) -> float:
+def plain_run(model: VLJEPA, batches: list[Batch], warmup: int) -> float:
     """Seconds per step of a hand-written loop over ``batches`` (after ``warmup`` steps)."""
     optimizer, scheduler = model.build_optimizer(len(batches))
     model.train()
@@ -144,12 +157,13 @@ def plain_run(model: VLJEPA, batches: list[dict[str, Any]], warmup: int) -> floa
     for step, batch in enumerate(batches):
         if step == warmup:
             start = time.perf_counter()
-        loss = model.compute_losses(batch)["loss"]
+        loss = model.compute_losses(BatchForward(model.model, batch))["loss"]
         loss.backward()
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        model.caption_loss.clamp_logit_scale_()
+        for objective in model.objectives.values():
+            objective.after_optimizer_step()
     return (time.perf_counter() - start) / (len(batches) - warmup)
 
 
