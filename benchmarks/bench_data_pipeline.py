@@ -28,7 +28,6 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -72,16 +71,15 @@ def bare_loop(urls: list[str]) -> int:
 def datamodule_loop(folder: str, workers: int) -> int:
     tokenizer = AutoTokenizer.from_pretrained(str(REPO / "configs/tokenizers/bert-base-uncased"))
     collator = PairCollator(ImageCodec(IMAGE_SIZE), TextCodec(tokenizer, 32))
+    # No trainer: one rank, epoch 0, nothing to resume.
     data = WebDataModule(
-        train_shards=folder, batch_size=BATCH_SIZE, resampled=False, num_workers=workers
+        collator=collator,
+        train_shards=folder,
+        batch_size=BATCH_SIZE,
+        resampled=False,
+        num_workers=workers,
     )
-    data.trainer = SimpleNamespace(  # type: ignore[assignment]
-        global_rank=0,
-        world_size=1,
-        current_epoch=0,
-        lightning_module=SimpleNamespace(batch_collator=lambda: collator),
-    )
-    return sum(len(batch["keys"]) for batch in data.train_dataloader())
+    return sum(len(batch) for batch in data.train_dataloader())
 
 
 def main() -> None:
