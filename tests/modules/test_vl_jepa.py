@@ -67,7 +67,7 @@ def test_default_objective_is_the_caption_infonce(tiny_model_kwargs) -> None:
 
 
 def test_embeddings_are_unit_norm(tiny_model_kwargs) -> None:
-    model = VLJEPA(**tiny_model_kwargs)
+    model = VLJEPA(**tiny_model_kwargs).eval()
     batch = batch_of(model)
     images = model.model.embed_inputs(batch.x)
     queried = model.model.embed_inputs(batch.x, queries=["what colour?", None, "", "where?"])
