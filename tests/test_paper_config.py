@@ -131,19 +131,6 @@ def test_config_parses_with_the_cli(trainer_config: Path | None, capsys) -> None
         assert trainer["strategy"]["init_args"]["find_unused_parameters"] is False
 
 
-def test_paper_architecture_values() -> None:
-    model = paper_config()["model"]["init_args"]
-    assert model["x_encoder"]["init_args"]["frozen"] is True
-    assert model["text_encoder"]["init_args"]["lr_multiplier"] == 0.05
-    assert model["embed_dim"] == 1536
-    assert model["predictor_layers"] == 8
-    # The paper's objective only: the caption InfoNCE.
-    assert [o["class_path"] for o in model["objectives"]] == [
-        "jepa_lightning.objectives.CaptionInfoNCE"
-    ]
-    assert model["optimizer"]["class_path"] == "torch.optim.AdamW"
-
-
 def test_tiny_stand_ins_build_the_paper_wiring(tmp_path: Path) -> None:
     override = model_sources_override(
         tmp_path, TINY_VJEPA2, TINY_GEMMA3_TEXT, TINY_LLAMA_10, tokenizer=TOKENIZER

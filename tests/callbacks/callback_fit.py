@@ -9,6 +9,7 @@ from conftest import tiny_shapes_data
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import Tensor
 
 from jepa_lightning.modules import VLJEPA
 
@@ -41,6 +42,25 @@ def fit(
     trainer = Trainer(logger=tb, callbacks=callbacks, **settings)
     trainer.fit(model, data)
     return trainer, Path(tb.log_dir) if tb else tmp_path
+
+
+class RecordValidation(Callback):
+    """Keeps the embeddings and metadata of the latest validation epoch (not the sanity check)."""
+
+    def __init__(self) -> None:
+        self.predicted: list[Tensor] = []
+        self.texts: list[Tensor] = []
+        self.metas: list[dict[str, Any]] = []
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: Any) -> None:
+        self.predicted, self.texts, self.metas = [], [], []
+
+    def on_validation_batch_end(
+        self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, *args: Any
+    ) -> None:
+        self.predicted.append(outputs["image_embeddings"].float())
+        self.texts.append(outputs["text_embeddings"].float())
+        self.metas.extend(batch.meta)
 
 
 def events(log_dir: Path) -> EventAccumulator:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from callback_fit import events, fit
+from callback_fit import RecordValidation, events, fit
 
 from jepa_lightning.callbacks import ZeroShotEvaluator
 from jepa_lightning.modules import VLJEPA
@@ -24,7 +24,8 @@ def shapes_evaluator() -> ZeroShotEvaluator:
 
 
 def test_logs_top_k_per_task(tiny_model_kwargs, shapes_root, tmp_path) -> None:
-    trainer, log_dir = fit(tiny_model_kwargs, shapes_root, tmp_path, [shapes_evaluator()])
+    evaluator, record = shapes_evaluator(), RecordValidation()
+    trainer, log_dir = fit(tiny_model_kwargs, shapes_root, tmp_path, [evaluator, record])
     # 3 shapes, 4 colours, 3 positions: top-5 is always a hit and is not logged
     expected = {
         f"val/zero_shot/{task}/top{k}" for task in ("shape", "colour", "position") for k in (1, 2)
@@ -32,8 +33,21 @@ def test_logs_top_k_per_task(tiny_model_kwargs, shapes_root, tmp_path) -> None:
     assert expected <= set(events(log_dir).Tags()["scalars"])
     assert not any(key.endswith("top5") for key in trainer.callback_metrics)
     for tag in expected:
-        assert 0.0 <= float(trainer.callback_metrics[tag]) <= 1.0
         assert len(events(log_dir).Scalars(tag)) == 2
+    # The last validation's accuracies, against a brute-force ranking of its embeddings
+    # (the weights have not changed since: validation ran after the last step).
+    model = trainer.lightning_module.eval()  # as in validation: no dropout
+    predicted = torch.cat(record.predicted)
+    for task in ("shape", "colour", "position"):
+        classes = evaluator.class_embeddings(model, task).float()
+        labels = evaluator.labels(record.metas, task)
+        ranked = (predicted @ classes.T).argsort(dim=1, descending=True)
+        known = labels >= 0
+        assert known.any()
+        for k in (1, 2):
+            hits = (ranked[known, :k] == labels[known, None]).any(dim=1).float().mean()
+            logged = float(trainer.callback_metrics[f"val/zero_shot/{task}/top{k}"])
+            assert logged == pytest.approx(float(hits), abs=1e-6)
 
 
 def test_class_embeddings_average_the_templates(tiny_model_kwargs) -> None:
