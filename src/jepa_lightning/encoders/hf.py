@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Mapping
+from difflib import get_close_matches
 from typing import Any
 
 import torch
@@ -31,7 +32,8 @@ def build_config(source: ModelSource) -> PretrainedConfig:
         The model config.
 
     Raises:
-        ValueError: If a config dict has no ``model_type``.
+        ValueError: If a config dict has no ``model_type`` or has a key that the config does not
+            know (a misspelt field).
     """
     if isinstance(source, Mapping):
         fields = dict(source)
@@ -40,8 +42,43 @@ def build_config(source: ModelSource) -> PretrainedConfig:
             raise ValueError(
                 f"a model config dict needs a 'model_type' key (e.g. 'vit', 'bert'), got {source}"
             )
-        return AutoConfig.for_model(model_type, **fields)
+        config = AutoConfig.for_model(model_type, **fields)
+        _reject_unknown_keys(config, fields, model_type)
+        return config
     return AutoConfig.from_pretrained(source)
+
+
+def _reject_unknown_keys(
+    config: PretrainedConfig, fields: Mapping[str, Any], model_type: str
+) -> None:
+    """Raises if ``config`` was built from keys that it does not know.
+
+    ``transformers`` keeps a key it does not know as an extra attribute, so a typo would be
+    ignored silently. A known key is a field (an attribute of the default config too), an
+    ``attribute_map`` alias or an input that building consumes (``torch_dtype``,
+    ``attn_implementation``, legacy ``rope_theta``...): none of those is a new attribute.
+
+    Args:
+        config: The config built from ``fields``.
+        fields: The keys and values it was built from, without ``model_type``.
+        model_type: The config's ``model_type``, for the message.
+
+    Raises:
+        ValueError: Naming the unknown keys, with close matches among the known ones.
+    """
+    default = type(config)()
+    unknown = [key for key in fields if key in vars(config) and key not in vars(default)]
+    if not unknown:
+        return
+    known = sorted({*default.to_dict(), *config.attribute_map} - {"model_type"})
+    hints = []
+    for key in unknown:
+        matches = get_close_matches(key, known, n=1)
+        hints.append(f"{key!r} (did you mean {matches[0]!r}?)" if matches else repr(key))
+    raise ValueError(
+        f"unknown key(s) {', '.join(hints)} for a {model_type!r} config; "
+        f"known keys: {', '.join(known)}"
+    )
 
 
 def build_model(source: ModelSource, **kwargs: Any) -> PreTrainedModel:

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from conftest import TINY_BERT, TINY_LLAMA, TINY_VIT
+
+from jepa_lightning.encoders.hf import build_config
+
+TINY_VJEPA2: dict[str, Any] = {
+    "model_type": "vjepa2",
+    "crop_size": 32,
+    "patch_size": 16,
+    "frames_per_clip": 2,
+    "tubelet_size": 2,
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "mlp_ratio": 2,
+    "pred_hidden_size": 32,
+    "pred_num_hidden_layers": 1,
+    "pred_num_attention_heads": 2,
+}
+CONFIGS = [TINY_VIT, TINY_BERT, TINY_LLAMA, TINY_VJEPA2]
+IDS = ["vit", "bert", "llama", "vjepa2"]
+
+
+@pytest.mark.parametrize("fields", CONFIGS, ids=IDS)
+def test_valid_config_dict_builds(fields: dict[str, Any]) -> None:
+    config = build_config(fields)
+    assert config.model_type == fields["model_type"]
+    assert config.num_hidden_layers == fields["num_hidden_layers"]
+
+
+@pytest.mark.parametrize("fields", CONFIGS, ids=IDS)
+def test_misspelt_key_is_named_with_a_suggestion(fields: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"unknown key.*'num_hiden_layers'") as error:
+        build_config({**fields, "num_hiden_layers": 2})
+    message = str(error.value)
+    assert "did you mean 'num_hidden_layers'?" in message
+    assert f"for a {fields['model_type']!r} config" in message
+
+
+@pytest.mark.parametrize("fields", CONFIGS, ids=IDS)
+def test_to_dict_round_trips(fields: dict[str, Any]) -> None:
+    """export.py rebuilds configs from ``to_dict()``: every key it writes is accepted."""
+    config = build_config(fields)
+    assert build_config(config.to_dict()).to_dict() == config.to_dict()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"output_hidden_states": True},
+        {"tie_word_embeddings": False},
+        {"pad_token_id": 0},
+        {"architectures": ["LlamaModel"]},
+        {"dtype": "float32"},
+        {"torch_dtype": "float32"},
+        {"attn_implementation": "sdpa"},
+        {"rope_theta": 10000.0},
+    ],
+    ids=lambda extra: next(iter(extra)),
+)
+def test_keys_outside_the_class_signature_are_accepted(extra: dict[str, Any]) -> None:
+    build_config({**TINY_LLAMA, **extra})
+
+
+def test_attribute_map_alias_is_accepted() -> None:
+    config = build_config({"model_type": "gpt2", "n_layer": 1, "num_attention_heads": 2})
+    assert config.num_hidden_layers == 1
+    assert config.n_head == 2
