@@ -85,3 +85,13 @@ def test_config_errors() -> None:
         ZeroShotEvaluator({"shape": ["circle"]}, {"shape": ["a circle"]})
     with pytest.raises(ValueError, match="without class_names"):
         ZeroShotEvaluator({"shape": ["circle"]}, {"colour": ["{}"]})
+
+
+def test_data_without_labels_skips_with_a_warning(tiny_model_kwargs, shapes_root, tmp_path) -> None:
+    # Data without shapes labels (e.g. your own shards): warn naming the callback, log nothing.
+    evaluator = ZeroShotEvaluator({"material": ["wood", "metal"]})
+    with pytest.warns(
+        UserWarning, match="ZeroShotEvaluator: no validation sample has a 'material'"
+    ):
+        trainer, _ = fit(tiny_model_kwargs, shapes_root, tmp_path, [evaluator])
+    assert not any("zero_shot" in key for key in trainer.callback_metrics)

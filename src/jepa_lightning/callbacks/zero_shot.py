@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from jepa_lightning.callbacks.utils import require_vl_jepa, validation_embeddings
@@ -135,7 +136,15 @@ class ZeroShotEvaluator(Callback):
         """Logs the top-k accuracies over the whole validation set."""
         values = {}
         for task, metric in self.metrics.items():
-            scores = metric.compute()
+            try:
+                scores = metric.compute()  # synced first: every rank sees the same total
+            except ValueError:  # no labelled sample on any rank
+                rank_zero_warn(
+                    f"{type(self).__name__}: no validation sample has a '{task}' label "
+                    '(json {"labels": {...}}); skipping that task'
+                )
+                metric.reset()
+                continue
             for k in metric.top_k:
                 if k < len(self.prompts[task]):
                     values[f"val/zero_shot/{task}/top{k}"] = scores[f"top{k}"]
