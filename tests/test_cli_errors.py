@@ -30,7 +30,7 @@ def test_convert_into_a_non_empty_folder(tmp_path: Path, capsys) -> None:
     )
     assert str(tmp_path / "out") in line
     assert "not empty" in line
-    assert "overwrite" in line
+    assert "--overwrite true" in line
 
 
 def test_cache_with_a_missing_training_config(tmp_path: Path, capsys) -> None:
@@ -57,7 +57,7 @@ def test_wrong_tokenizer_path(tmp_path: Path, capsys) -> None:
         ],
         capsys,
     )
-    assert "/no/such/dir" in line
+    assert "tokenizer folder '/no/such/dir' does not exist" in line
 
 
 @pytest.mark.parametrize(

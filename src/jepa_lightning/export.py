@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import load_model, save_model
@@ -29,9 +29,6 @@ from jepa_lightning.encoders.text import TextEncoder
 from jepa_lightning.encoders.vision import VisionEncoder
 from jepa_lightning.models.vl_jepa import VLJEPAModel
 from jepa_lightning.predictor import Predictor
-
-if TYPE_CHECKING:
-    from jepa_lightning.modules.vl_jepa import VLJEPA
 
 EXPORT_FORMAT = "jepa-lightning/vl-jepa-export"
 FORMAT_VERSION = 2
@@ -84,11 +81,12 @@ def _x_encoder_config(encoder: ModalityEncoder) -> dict[str, Any]:
     }
 
 
-def export_model(model: VLJEPA | VLJEPAModel, output: str) -> str:
+def export_model(model: Any, output: str) -> str:
     """Exports a VL-JEPA model core, with the learned temperature, to a folder.
 
     Args:
-        model: The trained LightningModule, or its model core.
+        model: The trained ``VLJEPA`` LightningModule, or its model core (typed ``Any`` so
+            that ``jepa-lightning export --help`` does not import Lightning).
         output: The folder to write (created; files in it are overwritten).
 
     Returns:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -121,6 +122,8 @@ class TextEncoder(ModalityEncoder):
 
     Raises:
         ValueError: If ``model`` is a config dict and no ``tokenizer`` is given.
+        FileNotFoundError: If ``tokenizer`` is a path (starting with ``.``, ``/`` or ``~``)
+            to no folder.
     """
 
     def __init__(
@@ -139,6 +142,10 @@ class TextEncoder(ModalityEncoder):
                 )
             tokenizer = model
         self.source = model
+        is_path = tokenizer.startswith((".", "/", "~"))
+        if is_path and not os.path.isdir(os.path.expanduser(tokenizer)):
+            # A path, not a hub name: say so, instead of the hub's complaint about repo ids.
+            raise FileNotFoundError(f"text encoder: tokenizer folder {tokenizer!r} does not exist")
         self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(tokenizer)
         if isinstance(model, Mapping):
             model = {"vocab_size": len(self.tokenizer), **model}

@@ -371,7 +371,10 @@ def convert_folder(
         raise ValueError(f"output {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise ValueError(f"output folder {out} is not empty; pass overwrite=True to replace")
+            raise ValueError(
+                f"output folder {out} is not empty; pass overwrite=True (--overwrite true) "
+                "to replace"
+            )
         for child in out.iterdir():
             if child.is_file() and (
                 child.suffix in (".tar", TMP_SUFFIX) or child.name == INDEX_FILENAME

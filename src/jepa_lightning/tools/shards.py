@@ -175,7 +175,8 @@ class ShardWriter:
         if not overwrite:
             raise FileExistsError(
                 f"{self.folder} already contains shards or an index "
-                f"({', '.join(p.name for p in existing[:3])}); pass overwrite=True to replace them"
+                f"({', '.join(p.name for p in existing[:3])}); pass overwrite=True "
+                "(--overwrite true) to replace them"
             )
         index_path = self.folder / INDEX_FILENAME
         old_shards: list[Path] = []
