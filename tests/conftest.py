@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -84,3 +85,14 @@ def tiny_shapes_data(root: Path, model: Any, batch_size: int = 16, **kwargs: Any
     settings = {"train_samples": 256, "val_samples": 64, "image_size": 32, "num_workers": 0}
     settings.update(shuffle_buffer=32, collator=model.batch_collator(), **kwargs)
     return ShapesDataModule(root=str(root), batch_size=batch_size, **settings)
+
+
+class SavePredictions(BasePredictionWriter):
+    """Saves what predict_step returned (named by class_path in CLI tests)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(write_interval="epoch")
+        self.path = path
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:  # type: ignore[no-untyped-def]
+        torch.save(predictions, self.path)

@@ -106,7 +106,7 @@ def test_importing_the_cli_skips_lightning_and_torch() -> None:
 
 
 @pytest.mark.slow
-def test_fit_fast_dev_run_end_to_end(tmp_path, shapes_root) -> None:
+def test_fit_fast_dev_run_end_to_end(tmp_path, shapes_root, capsys) -> None:
     main(
         [
             "fit",
@@ -117,6 +117,10 @@ def test_fit_fast_dev_run_end_to_end(tmp_path, shapes_root) -> None:
             *tiny_overrides(shapes_root),
         ]
     )
+    # Training and validation ran (the recall table is printed); fast_dev_run's logger is off.
+    out = capsys.readouterr().out
+    assert "image → text" in out and "R@1" in out
+    assert not list(tmp_path.rglob("events.out.*"))
 
 
 @pytest.mark.slow
