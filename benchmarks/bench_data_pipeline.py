@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer
 
+from jepa_lightning.assets import resolve_tokenizer
 from jepa_lightning.data import WebDataModule
 from jepa_lightning.data.collate import PairCollator
 from jepa_lightning.data.index import read_shard_index
@@ -69,7 +70,7 @@ def bare_loop(urls: list[str]) -> int:
 
 
 def datamodule_loop(folder: str, workers: int) -> int:
-    tokenizer = AutoTokenizer.from_pretrained(str(REPO / "configs/tokenizers/bert-base-uncased"))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_tokenizer("jepa_lightning:bert-base-uncased"))
     collator = PairCollator(ImageCodec(IMAGE_SIZE), TextCodec(tokenizer, 32))
     # No trainer: one rank, epoch 0, nothing to resume.
     data = WebDataModule(

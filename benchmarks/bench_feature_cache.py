@@ -149,9 +149,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     config = yaml.safe_load((REPO / "configs/shapes_tiny.yaml").read_text())
     section = config["model"]
-    section["init_args"]["text_encoder"]["init_args"]["tokenizer"] = str(
-        REPO / "configs/tokenizers/bert-base-uncased"
-    )
     data_args = config["data"]["init_args"]
     vitl = copy.deepcopy(section)
     vitl["init_args"]["x_encoder"]["init_args"]["model"] = VIT_L

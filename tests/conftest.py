@@ -10,11 +10,13 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from jepa_lightning.assets import resolve_tokenizer
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-TOKENIZER = str(REPO / "configs" / "tokenizers" / "bert-base-uncased")
+TOKENIZER = resolve_tokenizer("jepa_lightning:bert-base-uncased")
 
 TINY_VIT: dict[str, Any] = {
     "model_type": "vit",

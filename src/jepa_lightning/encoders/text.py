@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from jepa_lightning.assets import resolve_tokenizer
 from jepa_lightning.encoders.base import EncoderOutput, ModalityEncoder, SampleCodec
 from jepa_lightning.encoders.hf import ModelSource, build_model
 
@@ -114,7 +115,8 @@ class TextEncoder(ModalityEncoder):
         model: A hub name or local folder (pretrained) or a config dict with
             ``model_type`` (random init; then ``tokenizer`` is required and
             ``vocab_size`` defaults to the tokenizer's).
-        tokenizer: Hub name or folder of the tokenizer; default: ``model``.
+        tokenizer: Hub name or folder of the tokenizer, or ``jepa_lightning:<name>`` for one
+            that the package ships (``jepa_lightning:bert-base-uncased``); default: ``model``.
         max_length: Longest tokenised text; longer texts are truncated.
         frozen: Freeze the model.
         lr_multiplier: Learning-rate scale of the model's parameters (the
@@ -142,6 +144,7 @@ class TextEncoder(ModalityEncoder):
                 )
             tokenizer = model
         self.source = model
+        tokenizer = resolve_tokenizer(tokenizer)
         is_path = tokenizer.startswith((".", "/", "~"))
         if is_path and not os.path.isdir(os.path.expanduser(tokenizer)):
             # A path, not a hub name: say so, instead of the hub's complaint about repo ids.

@@ -1,0 +1,36 @@
+"""Packaged tokenizers resolve from any folder; an unknown name lists what ships."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from jepa_lightning.assets import resolve_tokenizer
+
+
+def test_packaged_name_resolves_to_the_package_copy() -> None:
+    folder = resolve_tokenizer("jepa_lightning:bert-base-uncased")
+    assert folder.endswith("jepa_lightning/assets/tokenizers/bert-base-uncased")
+    assert resolve_tokenizer("bert-base-uncased") == "bert-base-uncased"  # a hub name as is
+
+
+def test_unknown_packaged_name_lists_the_shipped_ones() -> None:
+    with pytest.raises(FileNotFoundError, match="ships jepa_lightning:bert-base-uncased"):
+        resolve_tokenizer("jepa_lightning:gpt2")
+
+
+def test_default_config_tokenizer_loads_outside_the_repository(tmp_path) -> None:
+    script = (
+        "from jepa_lightning.encoders import TextEncoder\n"
+        "encoder = TextEncoder({'model_type': 'bert', 'hidden_size': 8, 'num_hidden_layers': 1,"
+        " 'num_attention_heads': 1, 'intermediate_size': 8},"
+        " tokenizer='jepa_lightning:bert-base-uncased')\n"
+        "print(encoder.tokenize(['a red circle'])['input_ids'].tolist())\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "[[101, 1037, 2417, 4418, 102]]"
