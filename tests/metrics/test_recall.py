@@ -226,3 +226,33 @@ def test_compute_without_data_raises() -> None:
 def test_init_validation(kwargs: dict, error: type[Exception]) -> None:
     with pytest.raises(error):
         CrossModalRecall(**kwargs)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 16, None])
+@pytest.mark.parametrize("num_ids", [1, 5, 40])
+def test_distinct_texts_rank_one_text_per_id(chunk_size: int | None, num_ids: int) -> None:
+    # Repeated captions (few ids): image→text ranks each distinct caption once.
+    n, top_k = 60, (1, 2, 5)
+    image, text = make_pairs(n, dim=8, noise=1.0, seed=3)
+    ids = torch.randint(0, num_ids, (n,), generator=torch.Generator().manual_seed(4))
+    text = text.clone()
+    for row in range(n):  # equal ids: equal captions, hence equal text embeddings
+        text[row] = text[int((ids == ids[row]).nonzero()[0])]
+    metric = CrossModalRecall(top_k=top_k, chunk_size=chunk_size, distinct_texts=True)
+    metric.update(image, text, ids)
+    result = metric.compute()
+
+    first = torch.stack([(ids == u).nonzero()[0, 0] for u in ids.unique()])
+    distinct = F.normalize(text[first], dim=-1)
+    sims = F.normalize(image, dim=-1) @ distinct.T
+    positive = ids[:, None] == ids[first][None, :]
+    order = sims.argsort(dim=1, descending=True)
+    for k in top_k:
+        expected = positive.gather(1, order)[:, :k].any(dim=1).double().mean().item()
+        assert result[f"i2t/R@{k}"].item() == pytest.approx(expected, abs=1e-6)
+    # text→image is the usual protocol
+    full = reference_recall(image, text, ids, top_k)
+    for k in top_k:
+        assert result[f"t2i/R@{k}"].item() == pytest.approx(full[f"t2i/R@{k}"], abs=1e-6)
+    if num_ids < max(top_k):  # every distinct caption is within the top k: all hits
+        assert result[f"i2t/R@{max(top_k)}"].item() == 1.0

@@ -89,6 +89,14 @@ def _auto_chunk_size(n: int) -> int:
     return max(_MIN_AUTO_CHUNK, _AUTO_CHUNK_ELEMENTS // max(n, 1))
 
 
+def _first_per_id(rows: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
+    """The first row of each distinct id, and the ids, in id order."""
+    unique, inverse = torch.unique(ids, return_inverse=True)
+    positions = torch.arange(ids.numel(), device=ids.device)
+    first = torch.full_like(unique, ids.numel()).scatter_reduce(0, inverse, positions, "amin")
+    return rows[first], unique
+
+
 class CrossModalRecall(Metric):
     """Image→text and text→image Recall@K with support for several positives per query.
 
@@ -117,6 +125,11 @@ class CrossModalRecall(Metric):
     which ranks against unique images), and the image→text average is over rows rather than
     unique images. The same holds for samples duplicated by a padding ``DistributedSampler``.
 
+    **Distinct texts.** With ``distinct_texts=True`` image→text ranks one text per pair id
+    (the first seen): when ids identify captions (equal captions share an id, as VL-JEPA's do),
+    that is caption-level retrieval, where copies of a caption are one candidate. Text→image
+    is unchanged (every text row is a query).
+
     **Distributed.** States are lists concatenated across processes (``dist_reduce_fx="cat"``).
     As with every torchmetrics ``cat`` state, each process must call :meth:`update` at least
     once before a synced :meth:`compute` (an empty ``(0, D)`` batch is fine).
@@ -125,7 +138,9 @@ class CrossModalRecall(Metric):
         top_k: The ``k`` values to report, positive integers (a single int is accepted).
         chunk_size: Query rows per similarity chunk. ``None`` picks it so that a chunk holds
             about 16M similarities (``chunk_size = max(32, 2**24 // N)``). The memory of
-            :meth:`compute` is ``O(chunk_size · N + N · D)``.
+            :meth:`compute` is ``O(chunk_size · N + N · D)``: ``5 · chunk_size · N`` bytes for
+            a chunk's float32 scores and comparison, plus the stored embeddings.
+        distinct_texts: Rank one text per pair id for image→text (see above).
         **kwargs: Forwarded to :class:`torchmetrics.Metric`.
 
     Raises:
@@ -155,6 +170,7 @@ class CrossModalRecall(Metric):
         self,
         top_k: int | Sequence[int] = (1, 5, 10),
         chunk_size: int | None = None,
+        distinct_texts: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -165,6 +181,7 @@ class CrossModalRecall(Metric):
                 raise ValueError(f"`chunk_size` must be positive, got {chunk_size}.")
         self.top_k = _check_top_k(top_k)
         self.chunk_size = chunk_size
+        self.distinct_texts = distinct_texts
 
         self.add_state("image_emb", default=[], dist_reduce_fx="cat")
         self.add_state("text_emb", default=[], dist_reduce_fx="cat")
@@ -255,10 +272,14 @@ class CrossModalRecall(Metric):
         image = image.to(math_dtype)
         text = text.to(math_dtype)
 
+        texts, text_ids = text, ids
+        if self.distinct_texts:
+            texts, text_ids = _first_per_id(text, ids)
         result: dict[str, Tensor] = {}
         values = []
-        for name, queries, candidates in (("i2t", image, text), ("t2i", text, image)):
-            hits = _count_hits(queries, candidates, ids, self.top_k, chunk)
+        directions = (("i2t", image, ids, texts, text_ids), ("t2i", text, ids, image, ids))
+        for name, queries, query_ids, candidates, candidate_ids in directions:
+            hits = _count_hits(queries, query_ids, candidates, candidate_ids, self.top_k, chunk)
             for k, h in zip(self.top_k, hits.tolist(), strict=True):
                 value = torch.tensor(h / n, dtype=torch.float32, device=image.device)
                 result[f"{name}/R@{k}"] = value
@@ -279,15 +300,54 @@ class CrossModalRecall(Metric):
         return resolved
 
 
+class _Groups:
+    """Candidates grouped by id: where each query's positives are, without an ``N × N`` mask."""
+
+    def __init__(self, candidate_ids: Tensor) -> None:
+        self.order = torch.argsort(candidate_ids, stable=True)
+        self.ids, self.counts = torch.unique_consecutive(
+            candidate_ids[self.order], return_counts=True
+        )
+        self.starts = torch.cumsum(self.counts, 0) - self.counts
+
+    def best_positive(self, sims: Tensor, query_ids: Tensor) -> Tensor:
+        """The highest score of each query's positives (``-inf`` for a query with none).
+
+        Args:
+            sims: ``(c, N)`` scores of ``c`` queries against every candidate.
+            query_ids: ``(c,)`` ids of the queries.
+
+        Returns:
+            ``(c,)`` best positive scores.
+        """
+        group = torch.searchsorted(self.ids, query_ids).clamp(max=self.ids.numel() - 1)
+        found = self.ids[group] == query_ids
+        counts = torch.where(found, self.counts[group], 0)
+        width = max(int(counts.max()), 1)
+        offsets = torch.arange(width, device=sims.device)
+        slots = (self.starts[group, None] + offsets).clamp(max=self.order.numel() - 1)
+        scores = sims.gather(1, self.order[slots])
+        return scores.masked_fill(offsets >= counts[:, None], float("-inf")).amax(dim=1)
+
+
 def _count_hits(
-    queries: Tensor, candidates: Tensor, ids: Tensor, top_k: tuple[int, ...], chunk: int
+    queries: Tensor,
+    query_ids: Tensor,
+    candidates: Tensor,
+    candidate_ids: Tensor,
+    top_k: tuple[int, ...],
+    chunk: int,
 ) -> Tensor:
     """Count queries whose best positive has fewer than ``k`` strictly better candidates.
 
+    One matrix product per chunk into a reused buffer, a gather of the positives' scores and
+    one comparison pass: the cost of a plain chunked ``mm`` + ``topk``.
+
     Args:
-        queries: Normalised query embeddings ``(N, D)``.
-        candidates: Normalised candidate embeddings ``(N, D)``.
-        ids: Pair id of each row ``(N,)``; equal ids are positives.
+        queries: Normalised query embeddings ``(Nq, D)``.
+        query_ids: Pair id of each query ``(Nq,)``.
+        candidates: Normalised candidate embeddings ``(Nc, D)``.
+        candidate_ids: Pair id of each candidate ``(Nc,)``; equal ids are positives.
         top_k: The ``k`` values.
         chunk: Query rows per chunk.
 
@@ -296,12 +356,16 @@ def _count_hits(
     """
     ks = torch.tensor(top_k, device=queries.device)
     hits = torch.zeros(len(top_k), dtype=torch.int64, device=queries.device)
+    groups = _Groups(candidate_ids)
     cand_t = candidates.T
-    neg_inf = torch.tensor(float("-inf"), dtype=queries.dtype, device=queries.device)
+    rows = min(chunk, queries.shape[0])
+    sims_buffer = queries.new_empty(rows, candidates.shape[0])
+    better_buffer = torch.empty(sims_buffer.shape, dtype=torch.bool, device=queries.device)
     for start in range(0, queries.shape[0], chunk):
-        sims = queries[start : start + chunk] @ cand_t  # (c, N)
-        positive = ids[start : start + chunk, None] == ids[None, :]  # (c, N)
-        best_pos = torch.where(positive, sims, neg_inf).amax(dim=1, keepdim=True)
-        n_better = (sims > best_pos).sum(dim=1)  # (c,)
+        block = queries[start : start + chunk]
+        sims = torch.mm(block, cand_t, out=sims_buffer[: block.shape[0]])
+        best = groups.best_positive(sims, query_ids[start : start + chunk])
+        better = torch.gt(sims, best[:, None], out=better_buffer[: block.shape[0]])
+        n_better = better.sum(dim=1)
         hits += (n_better[:, None] < ks[None, :]).sum(dim=0)
     return hits

@@ -121,8 +121,9 @@ class VLJEPA(LightningModule):
         self.save_frozen_encoder = save_frozen_encoder
         self.skipped_steps = 0
         self._skip_optimizer_step = False
-        self.val_recall = CrossModalRecall(top_k=recall_top_k)
-        self.test_recall = CrossModalRecall(top_k=recall_top_k)
+        # Pair ids are caption ids: image→text ranks distinct captions (caption-level recall).
+        self.val_recall = CrossModalRecall(top_k=recall_top_k, distinct_texts=True)
+        self.test_recall = CrossModalRecall(top_k=recall_top_k, distinct_texts=True)
 
     def batch_collator(self) -> PairCollator:
         """The picklable collator for the data module: the encoders' codecs and fingerprint.
