@@ -126,3 +126,65 @@ def test_blocks_only_on_request() -> None:
     blocks = gen(4, generator=torch.Generator().manual_seed(0), with_blocks=True)
     assert plain.target_blocks is None and blocks.target_blocks is not None
     assert torch.equal(plain.context, blocks.context) and torch.equal(plain.targets, blocks.targets)
+
+
+def _box_extent(block: torch.Tensor, grid: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(frames, rows, cols) spanned by a block's frame-major token indices."""
+    _, h, w = grid
+    frame, rem = block // (h * w), block % (h * w)
+    rows, cols = rem // w, rem % w
+    return tuple(int(v.max() - v.min() + 1) for v in (frame, rows, cols))  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    ("input_size", "frames", "temporal_scale"),
+    [((4, 4), 1, (1.0, 1.0)), ((5, 7), 1, (1.0, 1.0)), ((4, 6), 4, (0.25, 0.5))],
+)
+def test_every_position_is_reachable(input_size, frames, temporal_scale) -> None:
+    # I-JEPA's sampler draws block corners with an exclusive bound one too small, so no block
+    # ever touches the last row or column; here every token is a target and a context token.
+    gen = MultiBlockMaskGenerator(
+        input_size, frames=frames, temporal_scale=temporal_scale, min_keep=1
+    )
+    g = torch.Generator().manual_seed(0)
+    in_target = torch.zeros(gen.num_tokens, dtype=torch.bool)
+    in_context = torch.zeros(gen.num_tokens, dtype=torch.bool)
+    for _ in range(40):
+        masks = gen(16, generator=g, with_blocks=True)
+        in_target[masks.target_blocks.flatten()] = True
+        in_context[masks.context.flatten()] = True
+    grid = in_target.view(frames, gen.height, gen.width)
+    assert grid[:, -1, :].all() and grid[:, :, -1].all() and grid[-1].all()
+    assert in_target.all() and in_context.all()
+
+
+def test_3d_blocks_are_boxes_through_part_of_the_clip() -> None:
+    frames, h, w = 8, 6, 6
+    gen = MultiBlockMaskGenerator((h, w), frames=frames, temporal_scale=(0.25, 0.5), min_keep=1)
+    g = torch.Generator().manual_seed(4)
+    lengths = set()
+    for _ in range(20):
+        masks = gen(4, generator=g, with_blocks=True)
+        for b in range(4):
+            context = set(masks.context[b].tolist())
+            assert not context & set(masks.target_blocks[b].flatten().tolist())
+            assert not context & set(masks.targets[b].tolist())
+            for block in masks.target_blocks[b]:
+                t, rows, cols = _box_extent(block, (frames, h, w))
+                assert t * rows * cols == block.numel()  # a full box, no holes
+                lengths.add(t)
+    assert lengths <= {2, 3, 4} and len(lengths) > 1  # round(0.25..0.5 x 8), drawn per batch
+
+
+def test_context_block_spans_every_frame() -> None:
+    gen = MultiBlockMaskGenerator((6, 6), frames=4, num_targets=1, temporal_scale=(0.25, 0.25))
+    masks = gen(8, generator=torch.Generator().manual_seed(5), with_blocks=True)
+    frames = masks.context // 36
+    # The one target block covers a single frame: the context keeps tokens in all four.
+    for row in frames:
+        assert set(row.tolist()) == {0, 1, 2, 3}
+
+
+def test_temporal_scale_is_checked() -> None:
+    with pytest.raises(ValueError, match="temporal_scale"):
+        MultiBlockMaskGenerator(4, frames=2, temporal_scale=(0.5, 1.5))

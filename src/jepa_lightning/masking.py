@@ -1,4 +1,4 @@
-"""Token masks for JEPA training: I-JEPA multi-block masks.
+"""Token masks for JEPA training: I-JEPA multi-block masks, and V-JEPA's 3-D blocks for clips.
 
 Tokens live on a grid of ``frames x height x width`` (``frames = 1`` for images) and are
 numbered ``index = frame * height * width + row * width + col``, the order in which a patch
@@ -53,6 +53,12 @@ def _check_range(value: tuple[float, float], name: str, upper: float | None = No
         raise ValueError(f"{name} must satisfy 0 < low <= high{bound}, got {value}")
 
 
+def _span(start: Tensor, length: int, size: int) -> Tensor:
+    """Boolean (..., size): ``True`` on ``[start, start + length)`` for each ``start`` (..., 1)."""
+    positions = torch.arange(size)
+    return (positions >= start) & (positions < start + length)
+
+
 def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
     return low + float(torch.rand((), generator=generator)) * (high - low)
 
@@ -87,12 +93,18 @@ class MultiBlockMaskGenerator:
     batch (as in I-JEPA, so ``target_blocks`` is rectangular) while positions are drawn per
     sample. Each sample gets ``num_targets`` target blocks (which may overlap) and one context
     block; the context is the context block minus all target blocks, so context and targets
-    are disjoint. For video (``frames > 1``) every block is a tube through all frames, as in
-    V-JEPA. Scales are fractions of the spatial grid, hence also of all tokens.
+    are disjoint. For video (``frames > 1``) blocks are 3-D, as in V-JEPA: a target block spans
+    a ``temporal_scale`` fraction of the frames (default all: a tube through the clip; its
+    length is drawn per batch, its start frame per block), the context block spans all frames.
+    ``target_scale`` and ``context_scale`` are fractions of the spatial grid, so a target
+    block covers ``scale x temporal fraction`` of all tokens.
 
     Block sides are ``round(sqrt(area * ratio))`` and ``round(sqrt(area / ratio))`` with
-    ``area = scale * height * width``, clipped to ``[1, height]`` / ``[1, width]``; the
-    realised scale is therefore close to, not exactly within, the requested range.
+    ``area = scale * height * width``, clipped to ``[1, height]`` / ``[1, width]`` (and the
+    temporal length ``round(fraction * frames)`` to ``[1, frames]``); the realised scale is
+    therefore close to, not exactly within, the requested range. A block's corner is drawn
+    uniformly from every position where the block fits, so every token (the last row, column
+    and frame included) can be in a block.
 
     Rectangular batches: the union of a sample's target blocks and its context vary in size
     across samples. Like I-JEPA, each is truncated to the smallest size in the batch, but by
@@ -104,12 +116,14 @@ class MultiBlockMaskGenerator:
 
     Args:
         input_size: Token grid ``(height, width)``, or one int for a square grid.
-        frames: Number of frames (temporal tokens); blocks extend through all of them.
+        frames: Number of frames (temporal tokens).
         num_targets: Target blocks per sample.
         target_scale: Range of the target block area as a fraction of ``height * width``.
         target_aspect_ratio: Range of the target block aspect ratio ``h / w``.
         context_scale: Range of the context block area as a fraction of ``height * width``.
         context_aspect_ratio: Range of the context block aspect ratio.
+        temporal_scale: Range of the fraction of the frames that a target block spans
+            (``frames > 1``).
         min_keep: Minimum number of context tokens per sample.
         max_tries: Redraws per batch before giving up on ``min_keep``.
 
@@ -126,6 +140,7 @@ class MultiBlockMaskGenerator:
         target_aspect_ratio: tuple[float, float] = (0.75, 1.5),
         context_scale: tuple[float, float] = (0.85, 1.0),
         context_aspect_ratio: tuple[float, float] = (1.0, 1.0),
+        temporal_scale: tuple[float, float] = (1.0, 1.0),
         min_keep: int = 4,
         max_tries: int = 20,
     ) -> None:
@@ -138,6 +153,7 @@ class MultiBlockMaskGenerator:
         _check_range(context_scale, "context_scale", upper=1.0)
         _check_range(target_aspect_ratio, "target_aspect_ratio")
         _check_range(context_aspect_ratio, "context_aspect_ratio")
+        _check_range(temporal_scale, "temporal_scale", upper=1.0)
         if not 1 <= min_keep <= frames * self.height * self.width:
             raise ValueError(
                 f"min_keep must be in [1, {frames * self.height * self.width}], got {min_keep}"
@@ -150,6 +166,7 @@ class MultiBlockMaskGenerator:
         self.target_aspect_ratio = target_aspect_ratio
         self.context_scale = context_scale
         self.context_aspect_ratio = context_aspect_ratio
+        self.temporal_scale = temporal_scale
         self.min_keep = min_keep
         self.max_tries = max_tries
 
@@ -170,24 +187,29 @@ class MultiBlockMaskGenerator:
         w = min(max(round(math.sqrt(area / ratio)), 1), self.width)
         return h, w
 
+    def _temporal_length(self, generator: torch.Generator | None) -> int:
+        if self.frames == 1:  # no draw: image masks do not depend on temporal_scale
+            return 1
+        length = round(_uniform(*self.temporal_scale, generator) * self.frames)
+        return min(max(length, 1), self.frames)
+
     def _place_blocks(
-        self, n: int, count: int, size: tuple[int, int], generator: torch.Generator | None
+        self, n: int, count: int, size: tuple[int, int, int], generator: torch.Generator | None
     ) -> Tensor:
-        """Boolean masks (n, count, height, width) of ``count`` blocks per sample."""
-        h, w = size
+        """Boolean masks (n, count, frames, height, width) of ``count`` blocks per sample."""
+        t, h, w = size
+        # randint's upper bound is exclusive: + 1 lets a block touch the last row/column/frame.
         top = torch.randint(0, self.height - h + 1, (n, count, 1), generator=generator)
         left = torch.randint(0, self.width - w + 1, (n, count, 1), generator=generator)
-        rows = torch.arange(self.height)
-        cols = torch.arange(self.width)
-        in_rows = (rows >= top) & (rows < top + h)  # (n, count, height)
-        in_cols = (cols >= left) & (cols < left + w)  # (n, count, width)
-        return in_rows[..., :, None] & in_cols[..., None, :]
-
-    def _to_tokens(self, spatial: Tensor) -> Tensor:
-        """Flatten (..., height, width) spatial masks to (..., frames*height*width) token masks."""
-        flat = spatial.flatten(-2)
-        # Frame-major numbering: the spatial mask repeated once per frame.
-        return flat.repeat((1,) * (flat.dim() - 1) + (self.frames,))
+        start = torch.zeros(n, count, 1, dtype=torch.long)
+        if t < self.frames:
+            start = torch.randint(0, self.frames - t + 1, (n, count, 1), generator=generator)
+        in_frames = _span(start, t, self.frames)  # (n, count, frames)
+        in_rows = _span(top, h, self.height)  # (n, count, height)
+        in_cols = _span(left, w, self.width)  # (n, count, width)
+        return (
+            in_frames[..., None, None] & in_rows[..., None, :, None] & in_cols[..., None, None, :]
+        )
 
     def __call__(
         self, batch_size: int, generator: torch.Generator | None = None, with_blocks: bool = False
@@ -201,7 +223,7 @@ class MultiBlockMaskGenerator:
 
         Returns:
             :class:`MaskPair` with ``context`` (B, Nc), ``targets`` (B, Nt) and, with
-            ``with_blocks``, ``target_blocks`` (B, num_targets, Nb), ``Nb = frames * h * w``.
+            ``with_blocks``, ``target_blocks`` (B, num_targets, Nb), ``Nb = t * h * w``.
 
         Raises:
             ValueError: If ``batch_size`` is not positive.
@@ -210,13 +232,17 @@ class MultiBlockMaskGenerator:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        target_size = self._block_size(self.target_scale, self.target_aspect_ratio, generator)
-        context_size = self._block_size(self.context_scale, self.context_aspect_ratio, generator)
-
-        blocks = torch.zeros(
-            batch_size, self.num_targets, self.height, self.width, dtype=torch.bool
+        target_size = (
+            self._temporal_length(generator),
+            *self._block_size(self.target_scale, self.target_aspect_ratio, generator),
         )
-        context = torch.zeros(batch_size, self.height, self.width, dtype=torch.bool)
+        context_size = (
+            self.frames,
+            *self._block_size(self.context_scale, self.context_aspect_ratio, generator),
+        )
+        grid = (self.frames, self.height, self.width)
+        blocks = torch.zeros(batch_size, self.num_targets, *grid, dtype=torch.bool)
+        context = torch.zeros(batch_size, *grid, dtype=torch.bool)
         todo = torch.arange(batch_size)
         for _ in range(self.max_tries):
             n = todo.numel()
@@ -225,7 +251,7 @@ class MultiBlockMaskGenerator:
             new_context &= ~new_blocks.any(dim=1)
             blocks[todo] = new_blocks
             context[todo] = new_context
-            ok = new_context.flatten(1).sum(dim=1) * self.frames >= self.min_keep
+            ok = new_context.flatten(1).sum(dim=1) >= self.min_keep
             todo = todo[~ok]
             if todo.numel() == 0:
                 break
@@ -234,13 +260,14 @@ class MultiBlockMaskGenerator:
                 f"MultiBlockMaskGenerator: {todo.numel()} of {batch_size} samples kept fewer "
                 f"than min_keep={self.min_keep} context tokens after {self.max_tries} tries "
                 f"(target blocks {target_size} x {self.num_targets}, context block "
-                f"{context_size} on a {self.height}x{self.width} grid); lower num_targets or "
-                "target_scale, or raise context_scale"
+                f"{context_size} on a {self.frames}x{self.height}x{self.width} grid); lower "
+                "num_targets or target_scale, or raise context_scale"
             )
 
-        block_tokens = self._to_tokens(blocks)  # (B, T, N)
+        # Frame-major token numbering: flattening (frames, height, width) gives the index.
+        block_tokens = blocks.flatten(-3)  # (B, T, N)
         target_tokens = block_tokens.any(dim=1)  # (B, N)
-        context_tokens = self._to_tokens(context)  # (B, N)
+        context_tokens = context.flatten(-3)  # (B, N)
         num_targets_kept = int(target_tokens.sum(dim=1).min())
         num_context_kept = int(context_tokens.sum(dim=1).min())
         pair = MaskPair(
@@ -258,5 +285,6 @@ class MultiBlockMaskGenerator:
             f"frames={self.frames}, num_targets={self.num_targets}, "
             f"target_scale={self.target_scale}, target_aspect_ratio={self.target_aspect_ratio}, "
             f"context_scale={self.context_scale}, "
-            f"context_aspect_ratio={self.context_aspect_ratio}, min_keep={self.min_keep})"
+            f"context_aspect_ratio={self.context_aspect_ratio}, "
+            f"temporal_scale={self.temporal_scale}, min_keep={self.min_keep})"
         )
