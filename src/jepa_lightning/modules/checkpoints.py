@@ -64,3 +64,19 @@ def restore_frozen_x_encoder(
     """
     if checkpoint.get("x_encoder_excluded"):
         checkpoint["state_dict"].update(encoder.state_dict(prefix=prefix))
+
+
+def under_cli() -> bool:
+    """Whether LightningCLI is instantiating a module with its config as hyperparameters.
+
+    Modules given by ``class_path`` are then saved in checkpoints as their config (so that
+    ``load_from_checkpoint`` rebuilds them); module objects built in Python never are.
+
+    Returns:
+        True inside LightningCLI's instantiation (Lightning >= 2.4 tells).
+    """
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # older Lightning: encoders cannot be saved as config
+        return False
+    return _given_hyperparameters.get() is not None

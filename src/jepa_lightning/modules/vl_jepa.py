@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Literal, cast
 
 import torch
@@ -11,7 +10,6 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
-from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
 from jepa_lightning.batch import Batch
 from jepa_lightning.data.collate import PairCollator
@@ -25,6 +23,12 @@ from jepa_lightning.modules.checkpoints import (
     finite_or_raise,
     restore_frozen_x_encoder,
     strip_frozen_x_encoder,
+    under_cli,
+)
+from jepa_lightning.modules.optim import (
+    build_optimizer,
+    parameter_groups,
+    stepped_optimizer_config,
 )
 from jepa_lightning.objectives import CaptionInfoNCE, Objective
 from jepa_lightning.predictor import DEFAULT_PREDICTOR_LM
@@ -99,7 +103,7 @@ class VLJEPA(LightningModule):
         # Modules given by class_path are saved as their config under LightningCLI (so that
         # load_from_checkpoint rebuilds them); module objects never are.
         modules = ["x_encoder", "text_encoder", "objectives", "optimizer", "lr_scheduler"]
-        self.save_hyperparameters(ignore=[] if _under_cli() else modules)
+        self.save_hyperparameters(ignore=[] if under_cli() else modules)
         self.model = VLJEPAModel(
             x_encoder,
             text_encoder,
@@ -282,32 +286,13 @@ class VLJEPA(LightningModule):
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Optimizer parameter groups: per-encoder learning-rate multipliers, no decay on 1-D.
 
-        Biases, norm weights and the temperature (every parameter with fewer than 2
-        dimensions) get no weight decay. Frozen parameters are left out.
-
         Returns:
-            Groups with ``params``, ``name``, ``lr_multiplier`` and, for the no-decay ones,
-            ``weight_decay=0``.
+            See :func:`~jepa_lightning.modules.optim.parameter_groups`: ``x_encoder`` and
+            ``text_encoder`` at their encoders' ``lr_multiplier``, ``head`` for the rest.
         """
         encoders = {"x_encoder": self.model.x_encoder, "text_encoder": self.model.text_encoder}
-        grouped: dict[tuple[str, bool], list[nn.Parameter]] = {}
-        for name, param in self.named_parameters():
-            if param.requires_grad:
-                owner = name.split(".")[1] if name.startswith("model.") else "head"
-                owner = owner if owner in encoders else "head"
-                grouped.setdefault((owner, param.ndim >= 2), []).append(param)
-        groups = []
-        for (owner, decay), params in sorted(grouped.items()):
-            encoder = encoders.get(owner)
-            group: dict[str, Any] = {
-                "params": params,
-                "name": f"{owner}{'' if decay else '_no_decay'}",
-                "lr_multiplier": 1.0 if encoder is None else encoder.lr_multiplier,
-            }
-            if not decay:
-                group["weight_decay"] = 0.0
-            groups.append(group)
-        return groups
+        multipliers = {f"model.{name}": e.lr_multiplier for name, e in encoders.items()}
+        return parameter_groups(self, multipliers)
 
     def build_optimizer(
         self, total_steps: int
@@ -320,21 +305,14 @@ class VLJEPA(LightningModule):
         Returns:
             The optimizer and its learning-rate scheduler.
         """
-        groups = self.parameter_groups()
-        if self.optimizer_factory is None:
-            optimizer: torch.optim.Optimizer = torch.optim.AdamW(
-                groups, lr=1e-3, weight_decay=0.05, betas=(0.9, 0.98)
-            )
-        else:
-            optimizer = self.optimizer_factory(groups)
-        for group in optimizer.param_groups:
-            group["lr"] *= group["lr_multiplier"]
-        if self.scheduler_factory is not None:
-            return optimizer, self.scheduler_factory(optimizer)
-        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-            optimizer, self.warmup_steps, total_steps, min_lr_rate=self.min_lr_ratio
+        return build_optimizer(
+            self.parameter_groups(),
+            total_steps,
+            self.optimizer_factory,
+            self.scheduler_factory,
+            self.warmup_steps,
+            self.min_lr_ratio,
         )
-        return optimizer, scheduler
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         """:meth:`build_optimizer` for the trainer's run, the scheduler stepped per step.
@@ -342,23 +320,4 @@ class VLJEPA(LightningModule):
         Raises:
             ValueError: If the run has no finite length (set ``trainer.max_steps``).
         """
-        total_steps = self.trainer.estimated_stepping_batches
-        if not math.isfinite(total_steps):
-            raise ValueError(
-                "the learning-rate schedule needs a finite run: set trainer.max_steps "
-                "(streaming data has no epoch length)"
-            )
-        optimizer, scheduler = self.build_optimizer(int(total_steps))
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
-
-
-def _under_cli() -> bool:
-    """Whether LightningCLI is instantiating this module with its config as hparams."""
-    try:
-        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-    except ImportError:  # older Lightning: encoders cannot be saved as config
-        return False
-    return _given_hyperparameters.get() is not None
+        return stepped_optimizer_config(self.trainer, self.build_optimizer)
