@@ -81,13 +81,15 @@ def _x_encoder_config(encoder: ModalityEncoder) -> dict[str, Any]:
     }
 
 
-def export_model(model: Any, output: str) -> str:
+def export_model(model: Any, output: str, temperature: float | None = None) -> str:
     """Exports a VL-JEPA model core, with the learned temperature, to a folder.
 
     Args:
         model: The trained ``VLJEPA`` LightningModule, or its model core (typed ``Any`` so
             that ``jepa-lightning export --help`` does not import Lightning).
         output: The folder to write (created; files in it are overwritten).
+        temperature: The temperature to record with a model core (a ``VLJEPA`` records its
+            caption objective's).
 
     Returns:
         The folder.
@@ -97,7 +99,6 @@ def export_model(model: Any, output: str) -> str:
             not a :class:`~jepa_lightning.encoders.VisionEncoder`.
     """
     core = model if isinstance(model, VLJEPAModel) else model.model
-    temperature = None
     if not isinstance(model, VLJEPAModel) and "caption" in model.objectives:
         temperature = model.objectives["caption"].temperature
     folder = Path(output)

@@ -12,8 +12,10 @@ from jepa_lightning.cli import main
 from jepa_lightning.data.index import read_shard_index
 from jepa_lightning.tools.shapes import (
     POSITIONS,
+    QUESTION_TYPES,
     SHAPES,
     ShapesSpec,
+    answer_candidates,
     ensure_shapes_shards,
     generate_sample,
     shapes_captions,
@@ -22,6 +24,7 @@ from jepa_lightning.tools.shapes import (
 )
 from jepa_lightning.tools.shards import ShardWriter
 
+QA_DIGEST = "e04e24d2299e40e872a463dda24cd3a18053ae36575ee1365ce50af4d3d7c44b"
 PHRASES = {"left": "on the left", "center": "in the center", "right": "on the right"}
 
 
@@ -97,19 +100,48 @@ def test_geometry_is_unambiguous() -> None:
             assert a[2 + axis] < b[axis]  # no overlap along the relation
 
 
-def test_captions_and_layouts_are_those_of_generator_version_1() -> None:
-    # Pure-Python parts of the samples (captions, layouts, queries): a change here changes the
-    # default run's data and must bump GENERATOR_VERSION. Images also depend on Pillow.
+def test_default_captions_layouts_and_images_are_those_of_generator_version_1() -> None:
+    # The default run's data (no questions) is unchanged since version 1: a change here must
+    # bump GENERATOR_VERSION. Images also depend on Pillow.
+    rows = [generate_sample(i, 0, ShapesSpec()) for i in range(40)]
+    digest = hashlib.sha256(json.dumps([row[1:] for row in rows], sort_keys=True).encode())
+    assert digest.hexdigest() == "d1da33bf7010e7df47f236eee45a0e2c8e646ec2eef8deef6e51dd4751c26a3c"
+    pixels = hashlib.sha256(b"".join(image.tobytes() for image, _, _ in rows)).hexdigest()
+    assert pixels == "efece9d524c8add54db0ce34274b49b9e98ef179af96feea073f2c39ed645b14"
+
+
+def test_question_samples_are_those_of_generator_version_2() -> None:
     rows = [generate_sample(i, 0, ShapesSpec(with_queries=True))[1:] for i in range(40)]
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
-    assert digest == "30b7597ed4ca934e727fe3bcf9ddea24e61d45dcfc6975b7f5f5fa5df6b8c21c"
+    assert digest == QA_DIGEST
 
 
-def test_queries_do_not_change_images() -> None:
-    plain = generate_sample(5, 0, ShapesSpec())
-    with_query = generate_sample(5, 0, ShapesSpec(with_queries=True))
-    assert plain[0].tobytes() == with_query[0].tobytes() and plain[1] == with_query[1]
-    assert with_query[2]["query"].endswith("?")
+def test_questions_are_answered_by_the_image() -> None:
+    spec = ShapesSpec(with_queries=True)
+    candidates = answer_candidates(spec)
+    assert candidates["position"] == ["left", "center", "right", "top", "bottom"]
+    kinds = Counter()
+    for index in range(200):
+        plain = generate_sample(index, 0, ShapesSpec())
+        image, answer, meta = generate_sample(index, 0, spec)
+        assert image.tobytes() == plain[0].tobytes()  # same images, same caption in meta
+        assert meta["caption"] == plain[1] and answer == meta["answer"]
+        assert meta["query"].endswith("?") and answer in meta["candidates"]
+        assert meta["candidates"] == candidates[meta["question_type"]]
+        kinds[meta["question_type"]] += 1
+        named = {(s["colour"], s["shape"]): s for s in meta["shapes"]}
+        if meta["question_type"] == "count":
+            assert answer == ["one", "two"][len(meta["shapes"]) - 1]
+        elif meta["question_type"] == "colour":
+            shape = meta["query"].removeprefix("what colour is the ").removesuffix("?")
+            assert (answer, shape) in named
+        elif meta["question_type"] == "shape":
+            colour = meta["query"].split(" the ")[-1].removesuffix(" object?")
+            assert (colour, answer) in named
+        else:
+            colour, shape = meta["query"].removeprefix("where is the ").removesuffix("?").split()
+            assert named[(colour, shape)]["position"] == answer
+    assert set(kinds) == set(QUESTION_TYPES) and min(kinds.values()) > 30
 
 
 def test_spec_validation() -> None:

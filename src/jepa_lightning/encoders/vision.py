@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -15,6 +16,9 @@ from transformers.image_processing_base import ImageProcessingMixin
 
 from jepa_lightning.encoders.base import EncoderOutput, ModalityEncoder, SampleCodec
 from jepa_lightning.encoders.hf import ModelSource, build_model
+
+if TYPE_CHECKING:
+    from jepa_lightning.encoders.video import ShortClipRule
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,9 +65,20 @@ class ImageCodec:
             OSError: If the image is truncated.
         """
         with Image.open(io.BytesIO(data)) as opened:
-            side = (self.image_size, self.image_size)
-            image = ImageOps.fit(opened.convert("RGB"), side, Image.Resampling.BICUBIC)
-            array = np.asarray(image, dtype=np.uint8)
+            return self.transform(opened)
+
+    def transform(self, image: Image.Image) -> Tensor:
+        """Converts a PIL image to RGB, resizes its shorter side and centre-crops it.
+
+        Args:
+            image: Any PIL image.
+
+        Returns:
+            ``(3, image_size, image_size)`` ``uint8`` tensor.
+        """
+        side = (self.image_size, self.image_size)
+        fitted = ImageOps.fit(image.convert("RGB"), side, Image.Resampling.BICUBIC)
+        array = np.asarray(fitted, dtype=np.uint8)
         return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
     def collate(self, items: Sequence[Tensor]) -> Tensor:
@@ -72,15 +87,32 @@ class ImageCodec:
 
 
 class VisionEncoder(ModalityEncoder):
-    """A ``transformers`` vision backbone that turns images into patch tokens.
+    """A ``transformers`` vision backbone that turns images and clips into patch tokens.
 
-    Supports V-JEPA 2 (``VJEPA2Model``: a still image is a one-frame clip, which
-    the model repeats to fill its first tubelet) and generic vision backbones
-    (ViT, DINOv2, SigLIP/CLIP vision towers). Prefix tokens (CLS, registers)
-    are dropped: the output is the :attr:`grid` of patch tokens, row-major.
+    Supports V-JEPA 2 (``VJEPA2Model``) and generic vision backbones (ViT, DINOv2,
+    SigLIP/CLIP vision towers). Prefix tokens (CLS, registers) are dropped: the
+    output is the :attr:`grid` of patch tokens, frame-major then row-major.
 
-    Images arrive as ``uint8`` tensors ``(B, 3, H, W)`` already resized to
-    :attr:`image_size`; normalisation happens here, on the model's device.
+    Inputs are ``uint8`` images ``(B, 3, H, W)`` or clips ``(B, T, 3, H, W)``
+    already resized to :attr:`image_size` (by :meth:`codec`); normalisation happens
+    here, on the model's device. An image is a one-frame clip.
+
+    * **Clips** (``num_frames > 1``): V-JEPA 2 reads a clip natively, in tubelets of
+      its config's ``tubelet_size`` frames (``num_frames`` must be a multiple of it and
+      at most its ``frames_per_clip``); the grid is ``(num_frames / tubelet_size, h, w)``.
+      An image backbone encodes each frame on its own; the grid is
+      ``(num_frames, h, w)``. Either way all the clip's tokens go to the predictor,
+      which tells frames apart by position: each token's flattened grid index
+      ``frame * h * w + row * w + col`` is both its rotary position and the row of a
+      learned position table, so each (frame, row, column) has its own learned
+      embedding.
+    * **Fewer frames**: a batch with ``T < num_frames`` frames (images: ``T = 1``; for
+      V-JEPA 2, 1 or a multiple of the tubelet) gives the tokens of the first
+      ``T`` frames only, at the same positions as those frames of a full clip. So one
+      model trains on images (stage 1) and then on clips (stage 2), and can be
+      evaluated on single frames. :attr:`num_tokens` and :attr:`grid` describe a full
+      clip (the most tokens).
+    * ``num_frames = 1`` (the default) is the image encoder: 2-D grid, image codec.
 
     Args:
         model: A hub name or local folder (pretrained) or a config dict with
@@ -90,9 +122,16 @@ class VisionEncoder(ModalityEncoder):
             processor's, else ImageNet's.
         image_std: Per-channel normalisation std, as ``image_mean``.
         lr_multiplier: Learning-rate scale when not frozen.
+        num_frames: Frames per clip; 1 for images.
+        frame_stride: Source frames between two sampled frames (see
+            :class:`~jepa_lightning.encoders.video.VideoCodec`).
+        fps: Sample at this frame rate instead of a fixed stride (video files only).
+        short_clips: ``"pad"`` (repeat the last frame) or ``"loop"`` for sources shorter
+            than the clip.
 
     Raises:
-        ValueError: If the backbone has no square ``image_size`` it can report.
+        ValueError: If the backbone has no square ``image_size`` it can report, or
+            ``num_frames`` does not suit V-JEPA 2's tubelets.
     """
 
     def __init__(
@@ -102,8 +141,14 @@ class VisionEncoder(ModalityEncoder):
         image_mean: Sequence[float] | None = None,
         image_std: Sequence[float] | None = None,
         lr_multiplier: float = 1.0,
+        num_frames: int = 1,
+        frame_stride: int = 1,
+        fps: float | None = None,
+        short_clips: ShortClipRule = "pad",
     ) -> None:
         super().__init__(frozen=frozen, lr_multiplier=lr_multiplier)
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
         self.source = model
         self.backbone: nn.Module
         self.image_mean: Tensor
@@ -112,10 +157,20 @@ class VisionEncoder(ModalityEncoder):
         config = hf_model.config
         self.model_config = config
         self.is_video_model = config.model_type == "vjepa2"
+        self.frames_per_token = 1
         if self.is_video_model:
             # Only the encoder is used; the V-JEPA 2 predictor would waste memory.
             self.backbone = cast(nn.Module, hf_model.encoder)
             image_size = config.crop_size
+            self.frames_per_token = int(config.tubelet_size)
+            if num_frames > 1 and (
+                num_frames % self.frames_per_token or num_frames > config.frames_per_clip
+            ):
+                raise ValueError(
+                    f"num_frames={num_frames} for V-JEPA 2 must be a multiple of its "
+                    f"tubelet_size ({self.frames_per_token}) and at most its frames_per_clip "
+                    f"({config.frames_per_clip})"
+                )
         else:
             self.backbone = getattr(hf_model, "vision_model", hf_model)
             config = getattr(config, "vision_config", config)
@@ -124,7 +179,14 @@ class VisionEncoder(ModalityEncoder):
             raise ValueError(f"vision encoder needs a square int image_size, got {image_size}")
         patch_size = config.patch_size
         self.image_size = image_size
-        self._grid = (image_size // patch_size, image_size // patch_size)
+        self.num_frames = num_frames
+        # Imported here: the clip codec reuses this module's ImageCodec.
+        from jepa_lightning.encoders.video import VideoCodec
+
+        self._clip = VideoCodec(image_size, num_frames, frame_stride, fps, short_clips)
+        side = image_size // patch_size
+        temporal = () if num_frames == 1 else (num_frames // self.frames_per_token,)
+        self._grid: tuple[int, ...] = (*temporal, side, side)
         self._output_dim = int(config.hidden_size)
         defaults = _processor_mean_std(model) or (IMAGENET_MEAN, IMAGENET_STD)
         mean = torch.tensor(image_mean if image_mean is not None else defaults[0])
@@ -139,17 +201,31 @@ class VisionEncoder(ModalityEncoder):
 
     @property
     def num_tokens(self) -> int:
-        """Number of patch tokens per image."""
-        return self._grid[0] * self._grid[1]
+        """Number of patch tokens of an image, or of a full clip."""
+        return math.prod(self._grid)
 
     @property
-    def grid(self) -> tuple[int, int]:
-        """The ``(rows, columns)`` grid of patch tokens."""
+    def grid(self) -> tuple[int, ...]:
+        """``(rows, columns)`` for images, ``(frames, rows, columns)`` for clips.
+
+        For V-JEPA 2 the frames are token frames: tubelets.
+        """
         return self._grid
 
+    @property
+    def tokens_per_frame(self) -> int:
+        """Patch tokens of one (token) frame: ``rows * columns``."""
+        return self._grid[-1] * self._grid[-2]
+
     def codec(self) -> SampleCodec:
-        """An :class:`ImageCodec` at this encoder's image size."""
-        return ImageCodec(self.image_size)
+        """An :class:`ImageCodec` (``num_frames = 1``) or a clip codec at this encoder's sizes.
+
+        Returns:
+            The codec; a clip codec also reads images, as one-frame clips.
+        """
+        if self.num_frames == 1:
+            return ImageCodec(self.image_size)
+        return self._clip
 
     def describe(self) -> dict[str, Any]:
         """The base description plus the source, image size and normalisation.
@@ -157,49 +233,95 @@ class VisionEncoder(ModalityEncoder):
         Returns:
             A JSON-able dict.
         """
-        return {
+        description = {
             **super().describe(),
             "source": self.source,
             "image_size": self.image_size,
             "image_mean": [round(float(v), 6) for v in self.image_mean.flatten()],
             "image_std": [round(float(v), 6) for v in self.image_std.flatten()],
         }
+        if self.num_frames > 1:  # images keep their description (and feature-cache fingerprints)
+            clip = self._clip
+            description["clip"] = {
+                "num_frames": clip.num_frames,
+                "frame_stride": clip.frame_stride,
+                "fps": clip.fps,
+                "short_clips": clip.short_clips,
+            }
+        return description
+
+    def thumbnails(self, inputs: Tensor, size: int) -> Tensor:
+        """The images themselves, resized to ``size`` (nearest neighbour).
+
+        Args:
+            inputs: ``(B, 3, H, W)`` ``uint8`` (or float in ``[0, 1]``) images, or clips
+                ``(B, T, 3, H, W)``, shown by their middle frame.
+            size: Side of each picture in pixels.
+
+        Returns:
+            ``(B, 3, size, size)`` ``uint8`` pictures on the CPU.
+        """
+        if inputs.dim() == 5:
+            inputs = inputs[:, inputs.shape[1] // 2]
+        pixels = inputs.float() if inputs.dtype == torch.uint8 else inputs.float() * 255
+        resized = torch.nn.functional.interpolate(pixels, size=(size, size))
+        return resized.round().clamp(0, 255).to(torch.uint8).cpu()
 
     def normalize(self, images: Tensor) -> Tensor:
         """Converts ``uint8`` images to normalised floats.
 
         Args:
-            images: ``(B, 3, H, W)`` ``uint8`` (or float in ``[0, 1]``) images.
+            images: ``(B, 3, H, W)`` images or ``(B, T, 3, H, W)`` clips, ``uint8`` (or float
+                in ``[0, 1]``).
 
         Returns:
-            ``(B, 3, H, W)`` float images, normalised with the encoder's mean/std.
+            Float pixels of the same shape, normalised with the encoder's mean/std.
         """
         dtype = self.image_mean.dtype  # float32, or float64 after .double()
         pixels = images.to(dtype) / 255.0 if images.dtype == torch.uint8 else images.to(dtype)
         return (pixels - self.image_mean) / self.image_std
 
     def encode(self, inputs: Tensor) -> EncoderOutput:
-        """Encodes a batch of images.
+        """Encodes a batch of images or clips.
 
         Args:
-            inputs: ``(B, 3, H, W)`` images at :attr:`image_size`.
+            inputs: ``(B, 3, H, W)`` images or ``(B, T, 3, H, W)`` clips at
+                :attr:`image_size`, ``T <= num_frames`` (for V-JEPA 2: 1 or a multiple of
+                its tubelet).
 
         Returns:
-            Patch tokens ``(B, grid_h * grid_w, output_dim)``; the mask is all ``True``.
+            Patch tokens ``(B, frames * rows * columns, output_dim)``, frame-major (the
+            first ``T`` frames' positions of the grid); the mask is all ``True``.
 
         Raises:
-            ValueError: If the images are not ``(B, 3, image_size, image_size)``.
+            ValueError: If the inputs have another shape or too many frames.
         """
-        if inputs.dim() != 4 or tuple(inputs.shape[1:]) != (3, self.image_size, self.image_size):
+        side = self.image_size
+        clips = inputs.unsqueeze(1) if inputs.dim() == 4 else inputs
+        frames = clips.shape[1] if clips.dim() == 5 else 0
+        tubelet = self.frames_per_token
+        if (
+            clips.dim() != 5
+            or tuple(clips.shape[2:]) != (3, side, side)
+            or not 1 <= frames <= self.num_frames
+            or (frames > 1 and frames % tubelet)
+        ):
+            frame_rule = f", T <= {self.num_frames}" if self.num_frames > 1 else ""
+            if tubelet > 1 and self.num_frames > 1:
+                frame_rule += f", T = 1 or a multiple of {tubelet}"
             raise ValueError(
-                f"vision encoder expects images (B, 3, {self.image_size}, {self.image_size}), "
-                f"got {tuple(inputs.shape)}"
+                f"vision encoder expects images (B, 3, {side}, {side}) or clips "
+                f"(B, T, 3, {side}, {side}){frame_rule}; got {tuple(inputs.shape)}"
             )
-        pixels = self.normalize(inputs)
+        pixels = self.normalize(clips)
         if self.is_video_model:
-            hidden = self.backbone(pixel_values_videos=pixels.unsqueeze(1)).last_hidden_state
+            hidden = self.backbone(pixel_values_videos=pixels).last_hidden_state
+            tokens = hidden[
+                :, hidden.shape[1] - self.tokens_per_frame * max(frames // tubelet, 1) :
+            ]
         else:
-            hidden = self.backbone(pixel_values=pixels).last_hidden_state
-        tokens = hidden[:, hidden.shape[1] - self.num_tokens :]
+            hidden = self.backbone(pixel_values=pixels.flatten(0, 1)).last_hidden_state
+            per_frame = hidden[:, hidden.shape[1] - self.tokens_per_frame :]
+            tokens = per_frame.reshape(clips.shape[0], frames * self.tokens_per_frame, -1)
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return EncoderOutput(tokens, mask)

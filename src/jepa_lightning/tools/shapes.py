@@ -30,6 +30,12 @@ each kind cycles through all its attribute combinations in a seeded random order
 caption appears (nearly) equally often and all of them appear once there are a few hundred
 samples.
 
+Question/answer samples (``ShapesSpec(with_queries=True)``, same images): each asks about the
+colour, shape or position of one of its shapes, or their number ("what colour is the circle?"
+→ "red", "where is the red circle?" → "left", "how many shapes are there?" → "two"); the
+sample's text is the answer and its metadata holds the question, the answer, the candidate
+answers of that kind of question (for discriminative VQA) and the caption.
+
 Every image is drawn at 4x resolution and downsampled (anti-aliased edges), on a light grey,
 slightly tinted background with a faint gradient and pixel noise; shape colours, sizes,
 positions and (for squares, triangles, stars and crosses) rotations are jittered a little, so
@@ -62,8 +68,10 @@ __all__ = [
     "POSITIONS",
     "RELATIONS",
     "SHAPES",
+    "QUESTION_TYPES",
     "SIZES",
     "ShapesSpec",
+    "answer_candidates",
     "ensure_shapes_shards",
     "generate_sample",
     "shapes_captions",
@@ -73,8 +81,9 @@ __all__ = [
 ]
 
 GENERATOR_NAME = "jepa-lightning/shapes"
-GENERATOR_VERSION = 1
-"""Bumped whenever the images or captions produced for given parameters change."""
+GENERATOR_VERSION = 2
+"""Bumped whenever the images or captions produced for given parameters change (2: question
+samples answer their question)."""
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
@@ -133,7 +142,11 @@ class ShapesSpec:
         relations: Relations for two-shape images, of :data:`RELATIONS`: left of, above.
         image_size: Side of the square RGB images, in pixels (>= 32).
         two_shape_fraction: Share of samples showing two shapes and a relation, in [0, 1].
-        with_queries: Add a question about the image (``"query"``) to each sample's metadata.
+        with_queries: Make question/answer samples: each sample's metadata gets a question
+            about the image (``"query"``: its colour, shape, position or the number of
+            shapes), its ``"answer"``, the ``"candidates"`` of that kind of question and the
+            ``"caption"``; the sample's text is the answer (VL-JEPA's discriminative VQA and
+            stage-2 training).
     """
 
     colours: tuple[str, ...] = ("red", "green", "blue", "yellow")
@@ -374,28 +387,50 @@ def _render(
     return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8), "RGB"), boxes
 
 
-def _query(
-    rng: random.Random,
-    shapes: list[dict[str, Any]],
-    relation: str | None,
-) -> str:
-    first = shapes[0]
-    if relation is None:
-        options = [
-            f"what colour is the {first['shape']}?",
-            f"what shape is {_position_phrase(first['position'])}?",
-            f"where is the {first['colour']} {first['shape']}?",
-            f"how big is the {first['colour']} {first['shape']}?",
-        ]
+QUESTION_TYPES: tuple[str, ...] = ("colour", "shape", "position", "count")
+"""The kinds of question that ``with_queries`` samples ask, drawn uniformly."""
+
+COUNT_WORDS: tuple[str, ...] = ("one", "two")
+"""Answers to "how many shapes are there?"."""
+
+
+def answer_candidates(spec: ShapesSpec) -> dict[str, list[str]]:
+    """The candidate answers of each question type: every answer the spec can give.
+
+    Args:
+        spec: The generator spec.
+
+    Returns:
+        ``{"colour": [...], "shape": [...], "position": [...], "count": ["one", "two"]}``;
+        positions are the one-shape positions, then the sides of two-shape pairs.
+    """
+    positions = list(spec.positions) if spec.two_shape_fraction < 1.0 else []
+    if spec.two_shape_fraction > 0.0:
+        for relation in spec.relations:
+            positions += ["left", "right"] if relation == "left of" else ["top", "bottom"]
+    return {
+        "colour": list(spec.colours),
+        "shape": list(spec.shapes),
+        "position": list(dict.fromkeys(positions)),
+        "count": list(COUNT_WORDS),
+    }
+
+
+def _question(rng: random.Random, shapes: list[dict[str, Any]], spec: ShapesSpec) -> dict[str, Any]:
+    """A question about one of the shapes (or their number), its answer and candidates."""
+    kind = rng.choice(QUESTION_TYPES)
+    target = rng.choice(shapes)
+    if kind == "colour":
+        query, answer = f"what colour is the {target['shape']}?", target["colour"]
+    elif kind == "shape":
+        query, answer = f"what is the shape of the {target['colour']} object?", target["shape"]
+    elif kind == "position":
+        query = f"where is the {target['colour']} {target['shape']}?"
+        answer = target["position"]
     else:
-        second = shapes[1]
-        options = [
-            f"what is {RELATIONS[relation]} the {second['colour']} {second['shape']}?",
-            f"where is the {first['colour']} {first['shape']}?",
-            f"what colour is the {second['shape']}?",
-            "which shapes are in the image?",
-        ]
-    return rng.choice(options)
+        query, answer = "how many shapes are there?", COUNT_WORDS[len(shapes) - 1]
+    candidates = answer_candidates(spec)[kind]
+    return {"query": query, "answer": answer, "candidates": candidates, "question_type": kind}
 
 
 def generate_sample(
@@ -412,10 +447,12 @@ def generate_sample(
             with the same seed give different images.
 
     Returns:
-        ``(image, caption, meta)``: an RGB PIL image of ``spec.image_size`` pixels, its caption
-        and a JSON-compatible dict ``{"index", "shapes": [{"shape", "colour", "size",
-        "position", "bbox"}, ...], "relation", "labels": {"shape", "colour", "position"}}``
-        (plus ``"query"`` when ``spec.with_queries``). ``bbox`` is ``[x0, y0, x1, y1]`` in
+        ``(image, text, meta)``: an RGB PIL image of ``spec.image_size`` pixels, its caption
+        (with ``spec.with_queries``: the answer to its question) and a JSON-compatible dict
+        ``{"index", "shapes": [{"shape", "colour", "size", "position", "bbox"}, ...],
+        "relation", "labels": {"shape", "colour", "position"}}`` (with ``spec.with_queries``
+        also ``"query"``, ``"answer"``, ``"candidates"``, ``"question_type"`` and
+        ``"caption"``). ``bbox`` is ``[x0, y0, x1, y1]`` in
         pixels. For two-shape samples, ``size`` is ``"medium"``, ``position`` is the shape's
         side of the pair (``left``/``right`` or ``top``/``bottom``) and ``labels.position`` is
         ``None``.
@@ -477,7 +514,8 @@ def generate_sample(
     meta["labels"] = labels
     if spec.with_queries:
         query_rng = random.Random(seed_from("shapes-query", seed, split, index))
-        meta["query"] = _query(query_rng, shapes, relation)
+        meta.update(_question(query_rng, shapes, spec), caption=caption)
+        return image, meta["answer"], meta
     return image, caption, meta
 
 
