@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["MaskPair", "MultiBlockMaskGenerator"]
+__all__ = ["MaskPair", "MultiBlockMaskGenerator", "take_tokens"]
 
 
 class MaskPair(NamedTuple):
@@ -288,3 +288,16 @@ class MultiBlockMaskGenerator:
             f"context_aspect_ratio={self.context_aspect_ratio}, "
             f"temporal_scale={self.temporal_scale}, min_keep={self.min_keep})"
         )
+
+
+def take_tokens(tokens: Tensor, indices: Tensor) -> Tensor:
+    """Gathers ``tokens[b, indices[b]]`` for each row ``b`` (e.g. the context of a mask).
+
+    Args:
+        tokens: ``(B, N, D)`` tokens.
+        indices: ``(B, M)`` token indices.
+
+    Returns:
+        ``(B, M, D)`` tokens.
+    """
+    return torch.gather(tokens, 1, indices.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))

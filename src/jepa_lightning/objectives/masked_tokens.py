@@ -4,27 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jepa_lightning.losses import MaskedTokenInfoNCELoss
-from jepa_lightning.masking import MultiBlockMaskGenerator
+from jepa_lightning.masking import MultiBlockMaskGenerator, take_tokens
 from jepa_lightning.models.vl_jepa import BatchForward, VLJEPAModel
 from jepa_lightning.objectives.base import Objective
-
-
-def take_tokens(tokens: Tensor, indices: Tensor) -> Tensor:
-    """Gathers ``tokens[b, indices[b]]`` for each row ``b``.
-
-    Args:
-        tokens: ``(B, N, D)`` tokens.
-        indices: ``(B, M)`` token indices.
-
-    Returns:
-        ``(B, M, D)`` tokens.
-    """
-    return torch.gather(tokens, 1, indices.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
 
 class MaskedTokenPrediction(Objective):
