@@ -1,8 +1,9 @@
-"""Torchmetrics metrics for joint embeddings: recall, alignment, uniformity, zero-shot accuracy."""
+"""Torchmetrics metrics for joint embeddings: recall, alignment, uniformity, zero-shot, RankMe."""
 
 from jepa_lightning.metrics.alignment import Alignment
+from jepa_lightning.metrics.effective_rank import EffectiveRank
 from jepa_lightning.metrics.recall import CrossModalRecall
 from jepa_lightning.metrics.uniformity import Uniformity
 from jepa_lightning.metrics.zero_shot import ZeroShotAccuracy
 
-__all__ = ["Alignment", "CrossModalRecall", "Uniformity", "ZeroShotAccuracy"]
+__all__ = ["Alignment", "CrossModalRecall", "EffectiveRank", "Uniformity", "ZeroShotAccuracy"]
