@@ -23,7 +23,8 @@ class Batch:
             padding mask), which the model uses instead of running its X-encoder.
         pair_ids: ``(B,)`` stable caption ids: rows with equal ids are positives of each other.
         keys: The samples' ``__key__``.
-        captions: The caption texts.
+        captions: The caption texts (``""`` for a sample without one, which only a
+            collator with ``captions_required=False`` keeps: prediction, search).
         caption_ids: ``(B, L)`` caption token ids (absent when the collator has no tokenizer).
         caption_mask: ``(B, L)`` boolean mask of real caption tokens.
         query_ids: ``(B, Nq)`` query token ids when any sample has a query.

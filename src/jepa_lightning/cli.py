@@ -32,8 +32,10 @@ DESCRIPTION = (
     "and 'predict' run the Lightning Trainer on a config (jepa-lightning fit --config "
     "configs/shapes_tiny.yaml); 'data {shapes,convert,cache}' writes WebDataset shards: "
     "generated shapes, a converted image folder, or cached frozen X-encoder features; 'export "
-    "CHECKPOINT OUTPUT' writes the trained model as safetensors, loadable without Lightning. Add "
-    "--help after a subcommand for its options."
+    "CHECKPOINT OUTPUT' writes the trained model as safetensors, loadable without Lightning; "
+    "'search {build,query}' indexes images and finds them by text; 'classify' labels images "
+    "from class names; 'evaluate' writes CLIP_benchmark results. Add --help after a subcommand "
+    "for its options."
 )
 
 DATA_COMMANDS: dict[str, str] = {
@@ -43,8 +45,24 @@ DATA_COMMANDS: dict[str, str] = {
 }
 """``jepa-lightning data <command>``: the function that each runs, imported when it runs."""
 
+SEARCH_COMMANDS: dict[str, str] = {
+    "build": "jepa_lightning.search.build_index",
+    "query": "jepa_lightning.search.search",
+}
+"""``jepa-lightning search <command>``: the function that each runs."""
+
+COMMAND_GROUPS = {"data": DATA_COMMANDS, "search": SEARCH_COMMANDS}
+"""Commands with sub-commands, each running one function."""
+
 EXPORT_COMMAND = "jepa_lightning.export.export_checkpoint"
 """``jepa-lightning export``: the function that it runs."""
+
+TOOL_COMMANDS: dict[str, str] = {
+    "export": EXPORT_COMMAND,
+    "classify": "jepa_lightning.classify.classify",
+    "evaluate": "jepa_lightning.evaluate.evaluate",
+}
+"""Commands that run one function (no Lightning Trainer), imported when they run."""
 
 RECALL_DIRECTIONS = {"i2t": "image → text", "t2i": "text → image"}
 RECALL_KS = (1, 5, 10)
@@ -228,28 +246,30 @@ def main(args: Sequence[str] | None = None) -> None:
     checkpoints go to ``trainer.default_root_dir`` (default ``logs``).
     ``jepa-lightning data {shapes,convert,cache} ...`` writes WebDataset
     shards; ``jepa-lightning export CHECKPOINT OUTPUT`` writes the trained
-    model as safetensors, loadable without Lightning.
+    model as safetensors, loadable without Lightning; ``search {build,query}``,
+    ``classify`` and ``evaluate`` use a trained model.
 
     Args:
         args: Command-line arguments; default ``sys.argv[1:]``.
     """
     argv = list(sys.argv[1:] if args is None else args)
     command = argv[0] if argv else None
-    if command == "data":
+    if command in COMMAND_GROUPS:
+        group = COMMAND_GROUPS[command]
         name = argv[1] if len(argv) > 1 else None
         with _user_errors(ArgumentError, ValueError, OSError):
-            if name in DATA_COMMANDS:
-                function = _import(DATA_COMMANDS[name])
-                auto_cli(function, args=argv[2:], prog=f"{PROG} data {name}", exit_on_error=False)
+            if name in group:
+                prog = f"{PROG} {command} {name}"
+                auto_cli(_import(group[name]), args=argv[2:], prog=prog, exit_on_error=False)
             else:  # help, or no or a wrong command: all of them are listed
-                functions = {key: _import(path) for key, path in DATA_COMMANDS.items()}
-                auto_cli(functions, args=argv[1:], prog=f"{PROG} data", exit_on_error=False)
+                functions = {key: _import(path) for key, path in group.items()}
+                prog = f"{PROG} {command}"
+                auto_cli(functions, args=argv[1:], prog=prog, exit_on_error=False)
         return
-    if command == "export":
+    if command in TOOL_COMMANDS:
         with _user_errors(ArgumentError, ValueError, OSError):
-            auto_cli(
-                _import(EXPORT_COMMAND), args=argv[1:], prog=f"{PROG} export", exit_on_error=False
-            )
+            function = _import(TOOL_COMMANDS[command])
+            auto_cli(function, args=argv[1:], prog=f"{PROG} {command}", exit_on_error=False)
         return
 
     from lightning.pytorch import LightningDataModule, LightningModule

@@ -56,11 +56,14 @@ class PairCollator:
         x_fingerprint: The fingerprint of the model's X-encoder
             (:func:`~jepa_lightning.data.features.encoder_fingerprint`), which a feature
             cache must match; None where no model is involved.
+        captions_required: Skip samples without a caption (training, evaluation); False
+            keeps them with the caption ``""`` and no caption token (prediction, search).
     """
 
     x: SampleCodec
     text: SampleCodec | None = None
     x_fingerprint: dict[str, Any] | None = field(default=None, compare=False)
+    captions_required: bool = True
 
     def decode_sample(self, sample: Mapping[str, Any]) -> dict[str, Any]:
         """Decodes one raw WebDataset sample.
@@ -73,21 +76,22 @@ class PairCollator:
             and ``meta`` (the ``json`` dict or ``{}``).
 
         Raises:
-            SampleError: If the X-modality data or the caption is missing or corrupt.
+            SampleError: If the X-modality data is missing or corrupt, or the caption is
+                corrupt, or missing while ``captions_required``.
         """
         key = str(sample.get("__key__", "?"))
         url = str(sample.get("__url__", "?"))
         extension = next((e for e in self.x.extensions if e in sample), None)
         if extension is None:
             raise SampleError(key, url, f"no {'/'.join(self.x.extensions)} member")
-        if "txt" not in sample:
+        if "txt" not in sample and self.captions_required:
             raise SampleError(key, url, "no txt member (caption)")
         try:
             x = self.x.decode(sample[extension])
         except Exception as error:  # decoders raise many types for corrupt data
             raise SampleError(key, url, f"unreadable {extension}: {error}") from error
         try:
-            caption = decode_text(sample["txt"])
+            caption = decode_text(sample["txt"]) if "txt" in sample else ""
         except (ValueError, UnicodeDecodeError) as error:
             raise SampleError(key, url, f"bad caption: {error}") from error
         meta: dict[str, Any] = {}
@@ -121,7 +125,7 @@ class PairCollator:
         )
         if self.text is None:
             return batch
-        tokens = self.text.collate(captions)
+        tokens = collate_optional_texts(self.text, captions)
         batch.caption_ids = tokens["input_ids"]
         batch.caption_mask = tokens["attention_mask"].bool()
         queries = [s["query"] for s in samples]

@@ -249,7 +249,7 @@ class WebDataModule(LightningDataModule):
         )
         return self._loader(stream, train=True)
 
-    def _eval_loader(self) -> EpochDataLoader:
+    def _eval_loader(self, captions_required: bool = True) -> EpochDataLoader:
         if self.val_shards is None:
             raise ValueError("data.val_shards is not set")
         if self._val_shards is None:
@@ -267,6 +267,7 @@ class WebDataModule(LightningDataModule):
             self._val_shards = shards
         rank, world = self._rank_and_world()
         collator = self._collator(self._val_shards, "data.val_shards")  # names the key itself
+        collator = replace(collator, captions_required=captions_required)
         try:
             stream = ShardStream(
                 self._val_shards,
@@ -289,8 +290,8 @@ class WebDataModule(LightningDataModule):
         return self._eval_loader()
 
     def predict_dataloader(self) -> EpochDataLoader:
-        """The validation shards, as :meth:`val_dataloader`."""
-        return self._eval_loader()
+        """The validation shards, as :meth:`val_dataloader`, samples without caption kept."""
+        return self._eval_loader(captions_required=False)
 
 
 class ShapesDataModule(WebDataModule):

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from torch import Tensor
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
 
 from jepa_lightning.encoders.base import ModalityEncoder
+from jepa_lightning.export import WEIGHTS_NAME
 
 
 def finite_or_raise(state: Mapping[str, Tensor], step: int) -> None:
@@ -80,3 +84,44 @@ def under_cli() -> bool:
     except ImportError:  # older Lightning: encoders cannot be saved as config
         return False
     return _given_hyperparameters.get() is not None
+
+
+def load_core_weights(model: nn.Module, source: str, name: str = "init_weights") -> None:
+    """Loads a model core's weights, and nothing else, from a checkpoint or an export folder.
+
+    Stage 2 starts from stage 1 this way: the weights only, with a new optimizer, schedule
+    and step count. A checkpoint's ``model.*`` entries are read (a frozen X-encoder that it
+    left out keeps the weights it was just rebuilt with, from its source); an export folder's
+    ``model.safetensors`` holds the whole core.
+
+    Args:
+        model: The model core to fill.
+        source: A ``.ckpt`` file written by ``jepa-lightning fit``, or an export folder.
+        name: The setting's name, for errors.
+
+    Raises:
+        FileNotFoundError: If ``source`` is neither a file nor a folder.
+        ValueError: If the weights do not fit the model (missing, unexpected or
+            differently shaped entries).
+    """
+    path = Path(source)
+    if path.is_dir():
+        state = load_file(str(path / WEIGHTS_NAME))
+        excluded = False
+    elif path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        entries = saved.get("state_dict", {})
+        state = {k.removeprefix("model."): v for k, v in entries.items() if k.startswith("model.")}
+        excluded = bool(saved.get("x_encoder_excluded"))
+    else:
+        raise FileNotFoundError(f"{name}: no checkpoint or export folder at {source!r}")
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:
+        raise ValueError(f"{name}: the weights of {source} do not fit the model: {error}") from None
+    missing = [k for k in result.missing_keys if not (excluded and k.startswith("x_encoder."))]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"{name}: the weights of {source} do not fit the model: missing {missing[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
