@@ -72,7 +72,18 @@ RECALL_KS = (1, 5, 10)
 # command-line "None" as null undoes that; "None" inside a config file stays a string.
 _PARSER_MODE = "yaml_none_is_null"
 _yaml_load = get_loader("yaml")
-set_loader(_PARSER_MODE, lambda value: None if value.strip() == "None" else _yaml_load(value))
+
+
+def _load_config_value(value: str) -> Any:
+    """Loads a config file or a command-line value; registered encoder names become paths."""
+    if value.strip() == "None":
+        return None
+    from jepa_lightning.encoders.registry import resolve_names
+
+    return resolve_names(_yaml_load(value))
+
+
+set_loader(_PARSER_MODE, _load_config_value)
 
 # jsonargparse appends the given value to type errors ("Given value: ...", up to kilobytes of
 # namespace) and frames the error of an optional type as a union's: noise around the reason.
@@ -146,6 +157,9 @@ def _lightning_cli_class() -> type[LightningCLI]:
     import jepa_lightning.callbacks
     import jepa_lightning.data
     import jepa_lightning.modules  # noqa: F401
+    from jepa_lightning.encoders.registry import EncoderPluginError, load_plugins
+
+    load_plugins()  # installed encoders too (class_path: AudioEncoder)
 
     class JEPALightningCLI(LightningCLI):
         """LightningCLI with a rich progress bar, one output folder and short errors.
@@ -183,7 +197,8 @@ def _lightning_cli_class() -> type[LightningCLI]:
                 parser: The parser.
                 args: The arguments; ``None`` reads ``sys.argv``.
             """
-            with _user_errors(ArgumentError):
+            # A registered encoder that cannot be loaded fails in a config file's loader.
+            with _user_errors(ArgumentError, EncoderPluginError):
                 super().parse_arguments(parser, args)
 
         def instantiate_classes(self) -> None:

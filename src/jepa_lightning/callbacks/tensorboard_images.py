@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image, ImageDraw
 from torch import Tensor
 
@@ -29,20 +30,24 @@ class TensorBoardImages(Callback):
 
     Both use the first ``max_samples`` validation samples of rank 0 and the embeddings
     that the validation step returned for them (only rank 0 writes). Nothing is written
-    without a ``TensorBoardLogger`` or in the sanity check.
+    without a ``TensorBoardLogger`` or in the sanity check. The pictures of the inputs are
+    the X-encoder's :meth:`~jepa_lightning.encoders.ModalityEncoder.thumbnails` (the images;
+    spectrograms for an audio encoder); for inputs without pictures (cached tokens, or a
+    modality that has none) the projector has no thumbnails and the grid is skipped, with
+    one info line.
 
     * Projector (``add_embedding``, tag ``val_embeddings``): the predicted image embeddings
       ``ŝ`` (thumbnails) and the caption embeddings ``s`` (grey tiles) in one space, with the
       metadata columns ``caption`` and ``modality`` (``image`` or ``text``).
     * Retrieval grid (``add_image``, tag ``val/retrieval``): ``num_queries`` distinct captions,
-      one per row, each with its ``top_k`` nearest images among the samples; a green border
-      marks a positive (an image with the same ``pair_ids``, i.e. caption), a red one a miss.
+      one per row, each with its ``top_k`` nearest inputs among the samples; a green border
+      marks a positive (an input with the same ``pair_ids``, i.e. caption), a red one a miss.
 
     Args:
         max_samples: Validation samples collected for both pictures.
         num_queries: Caption queries (rows) of the retrieval grid.
         top_k: Images per query in the retrieval grid.
-        tile_size: Side in pixels of a grid image (thumbnails are resized to it).
+        tile_size: Side in pixels of a thumbnail (grid and projector).
 
     Raises:
         ValueError: If an argument is below 1.
@@ -64,7 +69,8 @@ class TensorBoardImages(Callback):
         self.top_k = top_k
         self.tile_size = tile_size
         self._active = False
-        self._images: list[Tensor] = []
+        self._without_pictures_reported = False
+        self._images: list[Tensor | None] = []
         self._predicted: list[Tensor] = []
         self._texts: list[Tensor] = []
         self._pair_ids: list[Tensor] = []
@@ -93,10 +99,10 @@ class TensorBoardImages(Callback):
         take = self.max_samples - len(self._captions)
         if not self._active or take <= 0:
             return
-        if batch.cached:
-            raise ValueError(f"{type(self).__name__} needs the batch's images, not cached tokens")
         predicted, texts = validation_embeddings(outputs, type(self).__name__)
-        self._images.append(batch.x[:take].cpu())
+        x_encoder = require_vl_jepa(pl_module, type(self).__name__).model.x_encoder
+        pictures = None if batch.cached else x_encoder.thumbnails(batch.x, self.tile_size)
+        self._images.append(None if pictures is None else pictures[:take])
         self._pair_ids.append(batch.pair_ids[:take].cpu())
         self._predicted.append(predicted[:take].cpu())
         self._texts.append(texts[:take].cpu())
@@ -109,18 +115,31 @@ class TensorBoardImages(Callback):
         logger = tensorboard_logger(trainer)
         assert logger is not None
         writer = logger.experiment
-        images = torch.cat(self._images)
+        pictures = [batch for batch in self._images if batch is not None]
+        images = torch.cat(pictures) if len(pictures) == len(self._images) else None
         predicted, texts = torch.cat(self._predicted), torch.cat(self._texts)
-        thumbnails = images.float() / 255
-        grey = torch.full_like(thumbnails, _TEXT_TILE_GREY)
+        label_img = None
+        if images is not None:
+            thumbnails = images.float() / 255
+            label_img = torch.cat([thumbnails, torch.full_like(thumbnails, _TEXT_TILE_GREY)])
         writer.add_embedding(
             torch.cat([predicted, texts]),
             metadata=[[c, "image"] for c in self._captions] + [[c, "text"] for c in self._captions],
             metadata_header=["caption", "modality"],
-            label_img=torch.cat([thumbnails, grey]),
+            label_img=label_img,
             global_step=trainer.global_step,
             tag="val_embeddings",
         )
+        if images is None:
+            if not self._without_pictures_reported:
+                rank_zero_info(
+                    f"{type(self).__name__}: the validation inputs have no pictures (cached "
+                    "tokens, or an X-encoder without thumbnails()); the projector has no "
+                    "thumbnails and the retrieval grid is skipped"
+                )
+                self._without_pictures_reported = True
+            self._clear()
+            return
         queries = _distinct_queries(self._captions, self.num_queries)
         scores = texts[queries] @ predicted.T
         top = scores.topk(min(self.top_k, len(self._captions)), dim=1).indices

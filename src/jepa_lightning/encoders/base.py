@@ -135,6 +135,19 @@ class ModalityEncoder(nn.Module, ABC):
             "grid": None if self.grid is None else list(self.grid),
         }
 
+    def thumbnails(self, inputs: Any, size: int) -> Tensor | None:
+        """Pictures of a batch of inputs, for TensorBoard (retrieval grid, projector sprites).
+
+        Args:
+            inputs: The batch, as for :meth:`encode`.
+            size: Side of each picture in pixels.
+
+        Returns:
+            ``(B, 3, size, size)`` ``uint8`` pictures on the CPU, or None (the default) for a
+            modality without pictures: the callbacks then leave them out.
+        """
+        return None
+
     def forward(self, inputs: Any) -> EncoderOutput:
         """Encodes ``inputs``, without building a graph when the encoder is frozen.
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import yaml
 from jsonargparse import ArgumentParser
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.fabric.utilities.seed import seed_everything
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -28,6 +29,7 @@ from jepa_lightning.data.pipeline import (
     resolve_shards,
 )
 from jepa_lightning.encoders.base import ModalityEncoder
+from jepa_lightning.encoders.registry import load_plugins, resolve_names
 from jepa_lightning.tools.shards import ShardWriter
 
 __all__ = ["cache_features", "write_feature_cache"]
@@ -93,7 +95,7 @@ def write_feature_cache(
     with ShardWriter(output, "features", samples_per_shard, overwrite=overwrite) as writer:
         for batch in batches:
             with torch.no_grad():
-                tokens, mask = encoder(batch.x.to(device))
+                tokens, mask = encoder(move_data_to_device(batch.x, device))
             stored = tokens.to(DTYPES[dtype])
             if not torch.isfinite(stored).all():
                 raise ValueError(f"the tokens overflow {dtype}; use dtype=bfloat16")
@@ -162,9 +164,11 @@ def cache_features(
     seed = document.get("seed_everything")
     if isinstance(seed, int) and not isinstance(seed, bool):
         seed_everything(seed, verbose=False)
+    load_plugins()  # installed encoders, by class name too
     parser = ArgumentParser()
     parser.add_subclass_arguments(ModalityEncoder, "encoder", required=True)
-    encoder = parser.instantiate_classes(parser.parse_object({"encoder": section})).encoder
+    config = parser.parse_object({"encoder": resolve_names(section)})
+    encoder = parser.instantiate_classes(config).encoder
     index = write_feature_cache(
         source,
         output,
