@@ -1,37 +1,50 @@
-"""Benchmark the WebDataModule's training stream against a bare tarfile + PIL loop.
+"""Benchmark the training data stream against a bare tar read + decode, and the step's wait.
 
-Both read the same shards of 224x224 JPEG images with captions, one full pass each:
+**Throughput.** One full pass over the same shards of 224x224 JPEG images with captions:
 
 * ``bare``: ``tarfile`` iterates the members, PIL decodes each image to RGB, NumPy/torch turn
-  it into a ``uint8`` tensor, the caption is decoded; tensors are stacked per batch. This is
-  the least work any loader must do.
+  it into a ``uint8`` tensor, the caption is decoded; tensors are stacked per batch: the
+  least work any loader must do. Run in this process, and in one ``DataLoader`` worker
+  process (an ``IterableDataset`` of the same loop, batches sent back to this process as the
+  data module's are), so that each data-module side has a baseline of the same shape.
 * ``datamodule``: ``WebDataModule.train_dataloader()`` in epoch mode (shard shuffle, a 1000
   sample shuffle buffer, skip accounting) with the collator a VL-JEPA model gives it
-  (``ImageCodec(224)``: decode, resize/crop when needed, and the BERT tokenizer on captions).
+  (``ImageCodec(224)``: decode, resize/crop when needed; the BERT tokenizer on captions),
+  with ``num_workers=0`` and 1.
 
-"Per worker": the DataModule runs with ``num_workers=0`` (in the main process, like the bare
-loop) and with 1 worker process. Runs are interleaved and the median is reported.
+Sides are interleaved (A B C D, D C B A, ...); the median rate of each is reported. Goal
+(issue 14): each data-module side at least 0.9 of its bare baseline's rate.
+
+**Does the step wait?** The default config (``configs/shapes_tiny.yaml``: its model, batch
+size, shuffle buffer and ``num_workers``, at its precision) trains ``--wait-steps`` steps on
+generated 64x64 shards, and the time from the end of one step to the start of the next (the
+data loader's ``next`` plus the loop's own bookkeeping) is measured; the same model then
+trains on the same number of batches held in memory, whose gap is the loop's bookkeeping
+alone. The difference, per step and as a share of the step, is the time the step waited for
+data. Goal: no wait (under 2% of the step).
 
 Usage::
 
-    python benchmarks/bench_data_pipeline.py --out benchmarks/results/data_pipeline.json
+    python benchmarks/bench_data_pipeline.py [--samples 1536] [--repeats 3] [--smoke]
 """
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
-import platform
 import statistics
 import tarfile
 import tempfile
-import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import common
 import numpy as np
 import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
 from PIL import Image
+from steps import Batches, build_model, load_config
+from torch.utils.data import DataLoader, IterableDataset
 from transformers import AutoTokenizer
 
 from jepa_lightning.assets import resolve_tokenizer
@@ -41,14 +54,15 @@ from jepa_lightning.data.index import read_shard_index
 from jepa_lightning.encoders.text import TextCodec
 from jepa_lightning.encoders.vision import ImageCodec
 from jepa_lightning.tools.shapes import ShapesSpec, write_shapes_shards
+from jepa_lightning.trainer import resolve_precision
 
-REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 224
 BATCH_SIZE = 64
+RATE_GOAL, WAIT_GOAL = 0.9, 0.02
 
 
-def bare_loop(urls: list[str]) -> int:
-    samples = 0
+def bare_batches(urls: list[str]) -> Iterator[torch.Tensor]:
+    """The least work any loader must do: read, decode, stack."""
     images: list[torch.Tensor] = []
     for url in urls:
         with tarfile.open(url) as archive:
@@ -60,13 +74,30 @@ def bare_loop(urls: list[str]) -> int:
                     with Image.open(io.BytesIO(data.read())) as image:
                         array = np.asarray(image.convert("RGB"), dtype=np.uint8)
                     images.append(torch.from_numpy(array.copy()).permute(2, 0, 1))
-                    samples += 1
                 elif member.name.endswith(".txt"):
                     data.read().decode("utf-8")
                 if len(images) == BATCH_SIZE:
-                    torch.stack(images)
+                    yield torch.stack(images)
                     images = []
-    return samples
+    if images:
+        yield torch.stack(images)
+
+
+class BareStream(IterableDataset):
+    """:func:`bare_batches` as a dataset, for a one-worker ``DataLoader``."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.urls = urls
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return bare_batches(self.urls)
+
+
+def bare_loop(urls: list[str], workers: int) -> int:
+    if workers == 0:
+        return sum(len(batch) for batch in bare_batches(urls))
+    loader = DataLoader(BareStream(urls), batch_size=None, num_workers=workers)
+    return sum(len(batch) for batch in loader)
 
 
 def datamodule_loop(folder: str, workers: int) -> int:
@@ -83,55 +114,187 @@ def datamodule_loop(folder: str, workers: int) -> int:
     return sum(len(batch) for batch in data.train_dataloader())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--samples", type=int, default=1536)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/data_pipeline.json"))
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    folder = str(Path(tempfile.mkdtemp()) / "shards")
-    write_shapes_shards(
-        folder, args.samples, ShapesSpec(image_size=IMAGE_SIZE), samples_per_shard=256
-    )
+def throughput(args: Any, folder: str) -> dict[str, Any]:
     urls = read_shard_index(folder).urls
-    runs = {
-        "bare tarfile + PIL": lambda: bare_loop(urls),
+    sides = {
+        "bare, in-process": lambda: bare_loop(urls, 0),
+        "bare, 1 worker": lambda: bare_loop(urls, 1),
         "WebDataModule, num_workers=0": lambda: datamodule_loop(folder, 0),
         "WebDataModule, num_workers=1": lambda: datamodule_loop(folder, 1),
     }
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    counts: dict[str, int] = {}
-    for name, run in runs.items():  # warm-up (file cache, imports)
-        counts[name] = run()
-    for _ in range(args.repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    rates = {name: counts[name] / statistics.median(times[name]) for name in runs}
-    bare = rates["bare tarfile + PIL"]
-    rows = []
-    header = f"{'loader':32} {'samples/s':>10} {'vs bare':>8}"
-    print(header)
-    print("-" * len(header))
-    for name, rate in rates.items():
-        rows.append({"loader": name, "samples_per_s": rate, "ratio_vs_bare": rate / bare})
-        print(f"{name:32} {rate:10.0f} {rate / bare:8.2f}")
-    result = {
-        "benchmark": "data_pipeline",
-        "image_size": IMAGE_SIZE,
-        "batch_size": BATCH_SIZE,
-        "samples": args.samples,
-        "repeats": args.repeats,
-        "torch_threads": args.threads,
-        "machine": platform.platform(),
-        "results": rows,
+    counts = {name: run() for name, run in sides.items()}  # warm-up: file cache, imports
+    if len(set(counts.values())) != 1:
+        raise SystemExit(f"the loaders read different sample counts: {counts}")
+    times = common.interleave(
+        {name: lambda run=run: common.timed(run) for name, run in sides.items()}, args.repeats
+    )
+    samples = next(iter(counts.values()))
+    return {
+        name: {"samples_per_s": samples / statistics.median(t.wall_s for t in ts)}
+        | common.timing_stats(ts, scale=1.0)
+        for name, ts in times.items()
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+
+
+class StepGaps(Callback):
+    """Seconds from each step's end to the next step's start, and each step's own time."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.gaps: list[float] = []
+        self.steps: list[float] = []
+        self.watch = common.Stopwatch()
+        self.ended: common.Stopwatch | None = None
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.ended is not None and batch_idx > self.warmup:
+            self.gaps.append(self.ended.stop().wall_s)
+        self.watch.start()
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if batch_idx >= self.warmup:
+            self.steps.append(self.watch.stop().wall_s)
+        self.ended = common.Stopwatch()
+        self.ended.start()
+
+
+def fit_gaps(model: LightningModule, loader: Any, steps: int, precision: str) -> StepGaps:
+    gaps = StepGaps(warmup=2)
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        precision=precision,  # type: ignore[arg-type]
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[gaps],
+    )
+    trainer.fit(model, train_dataloaders=loader)
+    return gaps
+
+
+def step_wait(args: Any, root: Path) -> dict[str, Any]:
+    config = load_config()
+    data_args = config["data"]["init_args"]
+    batch_size = 8 if args.smoke else int(data_args["batch_size"])
+    precision = str(resolve_precision(config["trainer"].get("precision"), "cpu") or "32-true")
+    folder = str(root / "shapes64")
+    spec = ShapesSpec(image_size=int(data_args["image_size"]))
+    write_shapes_shards(folder, batch_size * (args.wait_steps + 2), spec, samples_per_shard=512)
+    model = build_model(config["model"])
+    data = WebDataModule(
+        collator=model.batch_collator(),
+        train_shards=folder,
+        batch_size=batch_size,
+        resampled=True,
+        num_workers=int(data_args["num_workers"]),
+        shuffle_buffer=int(data_args["shuffle_buffer"]),
+    )
+    loader = data.train_dataloader()
+    batches = [batch for _, batch in zip(range(args.wait_steps), loader, strict=False)]
+    streamed = fit_gaps(model, data, args.wait_steps, precision)
+    in_memory = fit_gaps(build_model(config["model"]), Batches(batches), args.wait_steps, precision)
+    gap = statistics.median(streamed.gaps)
+    bookkeeping = statistics.median(in_memory.gaps)
+    step = statistics.median(streamed.steps)
+    wait = max(gap - bookkeeping, 0.0)
+    return {
+        "precision": precision,
+        "batch_size": batch_size,
+        "num_workers": int(data_args["num_workers"]),
+        "steps": args.wait_steps,
+        "gap_ms": common.stats([1e3 * g for g in streamed.gaps]),
+        "gap_in_memory_ms": common.stats([1e3 * g for g in in_memory.gaps]),
+        "step_ms": common.stats([1e3 * s for s in streamed.steps]),
+        "wait_ms": 1e3 * wait,
+        "wait_share": wait / (step + gap),
+    }
+
+
+def main() -> None:
+    parser = common.parser(__doc__.split("\n", 1)[0], repeats=3)
+    parser.add_argument("--samples", type=int, default=1536)
+    parser.add_argument("--wait-steps", type=int, default=40)
+    args = parser.parse_args()
+    if args.smoke:
+        args.samples, args.repeats, args.wait_steps = 2 * BATCH_SIZE, 1, 6
+    common.setup(args)
+    root = Path(tempfile.mkdtemp())
+    folder = str(root / "shards")
+    spec = ShapesSpec(image_size=IMAGE_SIZE)
+    write_shapes_shards(folder, args.samples, spec, samples_per_shard=max(args.samples // 6, 16))
+
+    rates = throughput(args, folder)
+    wait = step_wait(args, root)
+    baselines = {
+        "WebDataModule, num_workers=0": "bare, in-process",
+        "WebDataModule, num_workers=1": "bare, 1 worker",
+    }
+    bare = rates["bare, in-process"]["samples_per_s"]
+    rows = []
+    for name, r in rates.items():
+        own = rates[baselines.get(name, name)]["samples_per_s"]
+        rows.append(
+            [
+                name,
+                f"{r['samples_per_s']:.0f}",
+                f"{100 * r['wall']['spread']:.0f}%",
+                f"{r['samples_per_s'] / own:.2f}",
+                f"{r['samples_per_s'] / bare:.2f}",
+            ]
+        )
+    headlines = []
+    for name, baseline in baselines.items():
+        ratio = rates[name]["samples_per_s"] / rates[baseline]["samples_per_s"]
+        headlines.append(
+            common.headline(
+                f"{name} / {baseline} rate", ratio, f">= {RATE_GOAL}", ratio >= RATE_GOAL
+            )
+        )
+        if baseline != "bare, in-process":
+            ratio = rates[name]["samples_per_s"] / bare
+            headlines.append(common.headline(f"{name} / bare, in-process rate", ratio))
+    headlines.append(
+        common.headline(
+            "default step: share of the step spent waiting for data",
+            wait["wait_share"],
+            f"< {WAIT_GOAL}",
+            wait["wait_share"] < WAIT_GOAL,
+            wait_ms=wait["wait_ms"],
+        )
+    )
+    rows.append(
+        [
+            f"default fit, num_workers={wait['num_workers']}: wait per step",
+            f"{wait['wait_ms']:.1f} ms",
+            "-",
+            f"step {wait['step_ms']['median']:.0f} ms",
+            f"{100 * wait['wait_share']:.1f}% of step",
+        ]
+    )
+    common.write_result(
+        args,
+        "data_pipeline",
+        "WebDataModule stream vs bare tar + PIL (224 px JPEG); default step's data wait",
+        ["loader", "samples/s", "spread", "vs own bare", "vs bare in-process"],
+        rows,
+        headlines,
+        {
+            "image_size": IMAGE_SIZE,
+            "batch_size": BATCH_SIZE,
+            "samples": args.samples,
+            "rates": rates,
+            "step_wait": wait,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -1,117 +1,159 @@
-"""Benchmark bf16-mixed against fp32 training steps of the default model on this CPU.
+"""Benchmark the default training step: bf16-mixed and fp32, before and after the speed-ups.
 
-Both sides run ``Trainer.fit`` on the default model (``configs/shapes_tiny.yaml``'s
-``model``) from the same initial weights over the same precomputed batches (see
-``bench_lightning_overhead.py``, whose helpers this reuses), with ``precision="32-true"``
-and ``precision="bf16-mixed"`` (CPU autocast to bfloat16; weights and optimizer state stay
-float32). Each repeat times the steps after ``--warmup`` steps; repeats alternate between
-the two (A, B, B, A, ...) and the medians are compared, as the machine is shared and noisy.
-The table also gives the first batch's loss under each precision. On a GPU the ratio is
-very different (tensor cores): this measures the CPU only.
+Every side runs ``Trainer.fit`` on the default model (``configs/shapes_tiny.yaml``'s
+``model``) from the same initial weights over the same precomputed batches (data loading is
+in no side; see ``steps.py``):
+
+* ``fp32 before``: ``32-true``, AdamW's per-parameter loop (``fused=False``), the attention
+  kernel that PyTorch picks (the state before issue 14; the baseline of every ratio);
+* ``bf16 before``: ``bf16-mixed`` with the same optimizer and PyTorch's attention choice
+  (its CPU flash-attention backward is slow in bfloat16);
+* ``fp32 after``: ``32-true`` with fused AdamW;
+* ``bf16 after``: ``bf16-mixed`` with fused AdamW and the predictor's math attention kernel
+  under bfloat16 (what the default config, ``precision: auto``, runs on a CPU with native
+  bf16).
+
+Repeats alternate their order (A B C D, D C B A, ...); medians and spreads are reported. The
+first batch's loss under each precision is given too. Goal (issue 14): ``bf16 after`` at most
+0.5 of ``fp32 before``. On a GPU the ratios are very different (tensor cores): this measures
+the CPU only.
 
 Usage::
 
-    python benchmarks/bench_precision.py [--steps 10] [--repeats 5] [--threads 1]
+    python benchmarks/bench_precision.py [--steps 12] [--repeats 5] [--threads 1] [--smoke]
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import copy
-import json
-import platform
-import statistics
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from typing import Any
 
-import lightning
+import common
 import torch
-from bench_lightning_overhead import (
-    DEFAULT_CONFIG,
-    REPO,
-    build_default_model,
-    interleave,
-    lightning_run,
-    make_batches,
-)
+from steps import build_model, lightning_run, load_config, make_batches
 
-PRECISIONS = ("32-true", "bf16-mixed")
+import jepa_lightning.predictor
+from jepa_lightning.models import BatchForward
+from jepa_lightning.modules import VLJEPA
+from jepa_lightning.trainer import resolve_precision
+
+GOAL = 0.5
+SIDES: dict[str, tuple[str, bool, bool]] = {
+    # name: (precision, fused AdamW, math attention kernel under bf16 on the CPU)
+    "fp32 before": ("32-true", False, False),
+    "bf16 before": ("bf16-mixed", False, False),
+    "fp32 after": ("32-true", True, True),
+    "bf16 after": ("bf16-mixed", True, True),
+}
 
 
-def cpu_bf16_flags() -> list[str]:
-    """The CPU's bfloat16 instruction-set flags (Linux ``/proc/cpuinfo``)."""
+@contextlib.contextmanager
+def attention_choice(math_under_bf16: bool) -> Iterator[None]:
+    """The predictor's attention kernel: its own rule, or PyTorch's choice (before)."""
+    if math_under_bf16:
+        yield
+        return
+    rule = jepa_lightning.predictor._attention_backend
+    jepa_lightning.predictor._attention_backend = lambda hidden: contextlib.nullcontext()
     try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next(
-        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
-        [],
-    )
-    return sorted(flag for flag in flags if "bf16" in flag)
+        yield
+    finally:
+        jepa_lightning.predictor._attention_backend = rule
+
+
+def with_optimizer(model: VLJEPA, init_args: dict[str, Any], fused: bool) -> VLJEPA:
+    """``model`` with AdamW of the config's arguments, fused or the per-parameter loop."""
+    arguments = {**init_args, "fused": fused}
+    model.optimizer_factory = lambda groups: torch.optim.AdamW(groups, **arguments)
+    return model
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    parser.add_argument("--steps", type=int, default=10, help="steps per repeat")
+    parser = common.parser(__doc__.split("\n", 1)[0], repeats=5)
+    parser.add_argument("--steps", type=int, default=12, help="steps per repeat")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per repeat")
-    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=None, help="default: the config's")
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/precision.json"))
     args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.warmup, args.repeats, args.batch_size = 3, 1, 1, 8
+    common.setup(args)
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    initial, config_batch_size = build_default_model(args.config)
-    batch_size = args.batch_size or config_batch_size
+    config = load_config()
+    initial = build_model(config["model"])
+    optimizer_args = dict(config["model"]["init_args"]["optimizer"].get("init_args", {}))
+    optimizer_args.pop("fused", None)
+    batch_size = args.batch_size or int(config["data"]["init_args"]["batch_size"])
     batches = make_batches(initial, args.steps, batch_size)
 
     losses = {}
     with torch.no_grad():
-        losses["32-true"] = initial.compute_losses(batches[0])["loss"].item()
+        losses["32-true"] = initial.compute_losses(BatchForward(initial.model, batches[0]))
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            losses["bf16-mixed"] = initial.compute_losses(batches[0])["loss"].item()
+            losses["bf16-mixed"] = initial.compute_losses(BatchForward(initial.model, batches[0]))
+    first_loss = {name: value["loss"].item() for name, value in losses.items()}
 
-    def run(precision: str) -> Callable[[], float]:
-        return lambda: lightning_run(copy.deepcopy(initial), batches, args.warmup, precision)
+    def run(precision: str, fused: bool, math: bool) -> Callable[[], common.Timing]:
+        def side() -> common.Timing:
+            model = with_optimizer(copy.deepcopy(initial), optimizer_args, fused)
+            with attention_choice(math):
+                return lightning_run(model, batches, args.warmup, precision)
 
-    times = interleave({precision: run(precision) for precision in PRECISIONS}, args.repeats)
-    median = {name: statistics.median(ts) for name, ts in times.items()}
-    ratio = median["bf16-mixed"] / median["32-true"]
-    header = f"{'precision':>10} {'median ms/step':>15} {'min':>8} {'max':>8} {'loss@0':>8}"
-    print(header)
-    print("-" * len(header))
-    for name, ts in times.items():
-        print(
-            f"{name:>10} {1e3 * median[name]:>15.1f} {1e3 * min(ts):>8.1f} "
-            f"{1e3 * max(ts):>8.1f} {losses[name]:>8.4f}"
+        return side
+
+    times = common.interleave({name: run(*side) for name, side in SIDES.items()}, args.repeats)
+    summary = {name: common.timing_stats(ts) for name, ts in times.items()}
+    base = summary["fp32 before"]["wall"]["median"]
+    base_cpu = summary["fp32 before"]["cpu"]["median"]
+    rows = []
+    for name, (precision, fused, math) in SIDES.items():
+        wall, cpu = summary[name]["wall"], summary[name]["cpu"]
+        rows.append(
+            [
+                name,
+                "fused" if fused else "for-loop",
+                "math (bf16)" if math else "PyTorch's",
+                common.ms(wall["median"]),
+                f"{100 * wall['spread']:.0f}%",
+                f"{wall['median'] / base:.3f}",
+                f"{cpu['median'] / base_cpu:.3f}",
+                f"{first_loss[precision]:.4f}",
+            ]
         )
-    print(f"bf16-mixed / fp32 step time = {ratio:.3f}")
-
-    config = args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config
-    result = {
-        "benchmark": "bf16-mixed vs fp32 (32-true) Trainer.fit step time, VLJEPA, CPU",
-        "config": str(config),
-        "batch_size": batch_size,
-        "steps": args.steps,
-        "warmup": args.warmup,
-        "repeats": args.repeats,
-        "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_bf16_flags": cpu_bf16_flags(),
-        "torch": torch.__version__,
-        "lightning": lightning.__version__,
-        "python": platform.python_version(),
-        "first_batch_loss": losses,
-        "median_ms_per_step": {name: 1e3 * m for name, m in median.items()},
-        "ms_per_step": {name: [1e3 * t for t in ts] for name, ts in times.items()},
-        "ratio_bf16_over_fp32": ratio,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    ratio = summary["bf16 after"]["wall"]["median"] / base
+    headlines = [
+        common.headline(
+            "default step, bf16-mixed after / fp32 before (wall)",
+            ratio,
+            f"<= {GOAL}",
+            ratio <= GOAL,
+        ),
+        common.headline(
+            "default step, bf16-mixed before / fp32 before (wall)",
+            summary["bf16 before"]["wall"]["median"] / base,
+        ),
+        common.headline(
+            "default step, bf16-mixed after / fp32 before (cpu time)",
+            summary["bf16 after"]["cpu"]["median"] / base_cpu,
+        ),
+    ]
+    common.write_result(
+        args,
+        "precision",
+        "Default training step (Trainer.fit): fp32 and bf16-mixed, before and after",
+        ["side", "AdamW", "attention", "ms/step", "spread", "/ fp32 before", "cpu ratio", "loss@0"],
+        rows,
+        headlines,
+        {
+            "batch_size": batch_size,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "auto_precision_here": resolve_precision("auto", "cpu"),
+            "first_batch_loss": first_loss,
+            "ms_per_step": summary,
+        },
+    )
 
 
 if __name__ == "__main__":

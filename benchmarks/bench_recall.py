@@ -1,33 +1,44 @@
-"""Benchmark CrossModalRecall against torchmetrics retrieval and a full-matrix reference.
+"""Benchmark CrossModalRecall against a plain chunked top-k, torchmetrics and a full N×N sort.
+
+Image→text and text→image Recall@{1,5,10}, one positive per query, on the same random
+embeddings (text = image + noise, D=256 by default) for every method:
+
+* ``ours``: ``jepa_lightning.metrics.CrossModalRecall`` fed in batches of 1024 rows
+  (``update`` + ``compute``).
+* ``topk``: the plain baseline of issue 14: normalise once, then per chunk of query rows one
+  ``torch.mm`` into a reused buffer and ``torch.topk`` of the largest k; a query is a hit at
+  ``k`` when its k-th best score is at most its positive's score. That is the same tie rule
+  as ours (ties in favour of the positive: a hit when fewer than ``k`` candidates score
+  strictly better than the positive), and the same chunk rows as ours' automatic choice.
+* ``torchmetrics``: ``RetrievalHitRate`` at k=1, 5, 10 in one ``MetricCollection`` with one
+  compute group (one update per direction, not one per k), fed the N×N cosine scores shifted
+  by +2 (no score <= 0), a long 0/1 target and the query index of every score.
+* ``full``: the open_clip ``get_clip_metrics`` way: ``logits = a @ b.T``, ``argsort``, the
+  rank of the ground truth, ``rank < k``.
+
+Every measurement runs in a fresh subprocess, so that its peak memory (``ru_maxrss``) minus its
+memory right before the timed call (after imports, data creation and a small warm-up) is the
+extra memory that the method needed. ``ours`` and ``topk`` run ``--repeats`` times each, in
+alternating order; the N²-memory references once, and they are skipped when their estimated
+peak exceeds ``--max-baseline-gib`` (shown as "skipped (memory)").
+
+**Large N (``--stream-n``, default 1M).** The metric keeps every embedding until
+``compute``: its state is ``O(N·D)``, ``2·N·D·4`` bytes of float32 embeddings plus 9 bytes of
+ids and flags per row (2.1 GB at N=1M, D=256). ``compute`` adds ``5·chunk·N`` bytes (a
+chunk's float32 scores and their comparison; chunk = max(32, 2^24 / N) rows: 160 MB at 1M).
+Ranking 1M queries against 1M candidates is 2·N²·D ≈ 5·10^14 multiply-adds (over an hour
+on two cores), so the streamed mode feeds all N rows to the metric (the memory is real), then
+times ``--stream-queries`` query rows of each direction against all N candidates with ours'
+chunk loop and with the top-k baseline, and reports the time per 1k queries and that
+extrapolated to N; the stated bound is checked against the measured peak.
+
+Goals (issue 14): ours at most 1.05× the top-k baseline's time; N=50k under 30 s and under
+1 GB; the streamed mode within its stated bound.
 
 Usage::
 
     python benchmarks/bench_recall.py [--sizes 1000 10000 50000] [--dim 256]
-                                      [--out benchmarks/results/recall.json]
-
-Methods (image→text and text→image Recall@{1,5,10}, one positive per query):
-
-* ``ours``: ``jepa_lightning.metrics.CrossModalRecall`` fed in batches of 1024 rows
-  (``update`` + ``compute``; chunked, never materialises N×N).
-* ``torchmetrics``: ``torchmetrics.retrieval.RetrievalHitRate`` (== ``RetrievalRecall`` with one
-  positive per query), fed the equivalent N×N cosine scores shifted by +2 so every score is
-  positive, a long 0/1 target (the identity) and the query index of every score. One metric
-  per (direction, k), as torchmetrics takes a single ``top_k``. Timed end to end (scores,
-  index tensors, update, compute).
-* ``full``: the open_clip ``get_clip_metrics`` approach: ``logits = a @ b.T``, ``argsort``,
-  rank of the ground truth, ``rank < k``.
-
-Every case runs in a fresh subprocess. Peak memory is that process's peak RSS
-(``ru_maxrss``) minus its RSS right before the timed call (after imports, data creation and
-a small warm-up run), i.e. the extra memory the method needed. Cases whose estimated peak
-exceeds ``--max-baseline-gib`` are skipped ("skipped (memory)"); for the full-matrix reference
-the table then shows a lower bound (the N×N float32 logits alone, 4·N² bytes), which the
-memory goal is checked against.
-
-Runtime with the defaults on 2 CPU cores: about 12 minutes, 9 of them (and 8 GiB) for
-torchmetrics at N=10k (six N²-sized metrics, each sorting 10⁸ scores and looping over 10⁴
-queries in Python). ``--max-baseline-gib 4`` skips torchmetrics at 10k for a quick run
-(about 2.5 minutes; the speed goal is then checked at N=1k).
+        [--stream-n 1000000] [--stream-queries 2048] [--repeats 3] [--smoke]
 """
 
 from __future__ import annotations
@@ -35,38 +46,66 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
-import time
-from pathlib import Path
+from functools import partial
 from typing import Any
 
+import common
 import torch
 import torch.nn.functional as F
+from torchmetrics.utilities.data import dim_zero_cat
+
+from jepa_lightning.metrics import CrossModalRecall
+from jepa_lightning.metrics.recall import _auto_chunk_size, _count_hits
 
 TOP_K = (1, 5, 10)
 NOISE = 4.0  # text = image + NOISE * noise: cos(pos) ≈ 0.24, so recall is far from 0 and 1
 BATCH = 1024
 GIB = 1024**3
-# Peak bytes per N² score (measured at N=10k: torchmetrics 8.1 GiB, full 1.5 GiB), used only
-# to decide what to skip.
-BYTES_PER_N2 = {"torchmetrics": 85, "full": 16}
-SPEED_GOAL, MEMORY_GOAL = 20.0, 0.1
+# Peak bytes per N² score, used only to decide what to skip.
+BYTES_PER_N2 = {"torchmetrics": 40, "full": 16}
+SPEED_GOAL, TIME_GOAL_50K_S, MEMORY_GOAL_50K_MIB = 1.05, 30.0, 1024.0
 
 
 # ----------------------------------------------------------------------------- methods
 def run_ours(image: torch.Tensor, text: torch.Tensor) -> dict[str, float]:
-    from jepa_lightning.metrics import CrossModalRecall
-
     metric = CrossModalRecall(top_k=TOP_K)
     for start in range(0, image.shape[0], BATCH):
         metric.update(image[start : start + BATCH], text[start : start + BATCH])
     return {k: v.item() for k, v in metric.compute().items()}
 
 
+def topk_hits(queries: torch.Tensor, candidates: torch.Tensor, chunk: int) -> list[int]:
+    """Hits at each k of normalised ``queries`` whose positive is the same row of candidates."""
+    k_max = min(max(TOP_K), candidates.shape[0])
+    hits = torch.zeros(len(TOP_K), dtype=torch.int64)
+    buffer = queries.new_empty(min(chunk, queries.shape[0]), candidates.shape[0])
+    ks = torch.tensor([min(k, k_max) - 1 for k in TOP_K])
+    for start in range(0, queries.shape[0], chunk):
+        block = queries[start : start + chunk]
+        sims = torch.mm(block, candidates.T, out=buffer[: block.shape[0]])
+        positive = sims.diagonal(offset=start)  # query i's positive is candidate i
+        kth = sims.topk(k_max, dim=1, sorted=True).values[:, ks]
+        hits += (kth <= positive[:, None]).sum(dim=0)
+    return hits.tolist()
+
+
+def run_topk(image: torch.Tensor, text: torch.Tensor) -> dict[str, float]:
+    image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+    n = image.shape[0]
+    chunk = _auto_chunk_size(n)
+    out: dict[str, float] = {}
+    for name, queries, candidates in (("i2t", image, text), ("t2i", text, image)):
+        for k, h in zip(TOP_K, topk_hits(queries, candidates, chunk), strict=True):
+            out[f"{name}/R@{k}"] = h / n
+    out["mean"] = sum(out.values()) / len(out)
+    return out
+
+
 def run_torchmetrics(image: torch.Tensor, text: torch.Tensor) -> dict[str, float]:
+    from torchmetrics import MetricCollection
     from torchmetrics.retrieval import RetrievalHitRate
 
     n = image.shape[0]
@@ -75,20 +114,22 @@ def run_torchmetrics(image: torch.Tensor, text: torch.Tensor) -> dict[str, float
     indexes = torch.arange(n).repeat_interleave(n)  # query id of every score
     target = torch.eye(n, dtype=torch.long).flatten()  # long: torchmetrics would copy a bool
     out: dict[str, float] = {}
-    for name in ("i2t", "t2i"):
-        preds = (scores if name == "i2t" else scores.T).flatten()
-        for k in TOP_K:
-            metric = RetrievalHitRate(top_k=k, empty_target_action="error")
-            metric.update(preds, target, indexes=indexes)
-            out[f"{name}/R@{k}"] = metric.compute().item()
-            del metric
-        del preds
+    names = [f"R@{k}" for k in TOP_K]
+    for direction in ("i2t", "t2i"):
+        preds = (scores if direction == "i2t" else scores.T).flatten()
+        metrics = MetricCollection(
+            {f"R@{k}": RetrievalHitRate(top_k=k, empty_target_action="error") for k in TOP_K},
+            compute_groups=[names],
+        )
+        metrics.update(preds, target, indexes=indexes)
+        out.update({f"{direction}/{key}": v.item() for key, v in metrics.compute().items()})
+        del metrics, preds
     out["mean"] = sum(out.values()) / len(out)
     return out
 
 
 def run_full(image: torch.Tensor, text: torch.Tensor) -> dict[str, float]:
-    # open_clip: src/open_clip_train/zero_shot / training/train.py::get_clip_metrics
+    # open_clip: src/open_clip_train/train.py::get_clip_metrics
     logits = F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T
     ground_truth = torch.arange(image.shape[0]).view(-1, 1)
     out: dict[str, float] = {}
@@ -102,13 +143,17 @@ def run_full(image: torch.Tensor, text: torch.Tensor) -> dict[str, float]:
     return out
 
 
-METHODS = {"ours": run_ours, "torchmetrics": run_torchmetrics, "full": run_full}
+METHODS = {"ours": run_ours, "topk": run_topk, "torchmetrics": run_torchmetrics, "full": run_full}
 
 
 # ----------------------------------------------------------------------------- one case
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def _make_data(n: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,170 +164,248 @@ def _make_data(n: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def run_case(method: str, n: int, dim: int, seed: int) -> dict[str, Any]:
-    """Run one method in this process and return timing, memory and the recall values."""
+    """Runs one method in this process: timing, extra memory and the recall values."""
     fn = METHODS[method]
     fn(*_make_data(256, dim, seed + 1))  # warm-up: imports, kernels, allocator
     image, text = _make_data(n, dim, seed)
     rss_before = _rss_bytes()
-    t0 = time.perf_counter()
+    watch = common.Stopwatch()
+    watch.start()
     result = fn(image, text)
-    elapsed = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    timing = watch.stop()
     return {
-        "time_s": elapsed,
-        "peak_mib": max(peak - rss_before, 0) / 2**20,
-        "rss_before_mib": rss_before / 2**20,
+        "wall_s": timing.wall_s,
+        "cpu_s": timing.cpu_s,
+        "peak_mib": max(_peak_bytes() - rss_before, 0) / 2**20,
         "result": result,
     }
 
 
-def spawn_case(method: str, n: int, dim: int, seed: int) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--case", method, "--n", str(n), "--dim", str(dim)]
-    cmd += ["--seed", str(seed)]
+def state_bytes(n: int, dim: int) -> int:
+    """What the metric keeps for N rows: float32 embeddings of both sides, ids and flags."""
+    return 2 * n * dim * 4 + 9 * n
+
+
+def stated_bound_bytes(n: int, dim: int) -> int:
+    """The metric's peak during ``compute``: its states, their concatenated copy, the resolved
+    ids and candidate grouping (under 48 bytes a row), and one chunk's scores and comparison."""
+    return 2 * state_bytes(n, dim) + 48 * n + 5 * _auto_chunk_size(n) * n
+
+
+def run_stream(n: int, dim: int, queries: int, seed: int) -> dict[str, Any]:
+    """Feeds N rows to the metric, then times ``queries`` rows per direction, ours vs top-k."""
+    rss_start = _rss_bytes()
+    metric = CrossModalRecall(top_k=TOP_K)
+    g = torch.Generator().manual_seed(seed)
+    for start in range(0, n, 16 * BATCH):  # streamed in: never more than one batch of inputs
+        rows = min(16 * BATCH, n - start)
+        image = torch.randn(rows, dim, generator=g)
+        text = torch.randn(rows, dim, generator=g).mul_(NOISE).add_(image)
+        metric.update(image, text)
+    del image, text
+    state_mib = (_rss_bytes() - rss_start) / 2**20
+    # As compute() does: concatenated copies of the states, one id per row (none given).
+    image, text = dim_zero_cat(metric.image_emb), dim_zero_cat(metric.text_emb)
+    ids = torch.arange(n)
+    chunk = _auto_chunk_size(n)
+    timings: dict[str, list[common.Timing]] = {"ours": [], "topk": []}
+    for q, c in ((image[:queries], text), (text[:queries], image)):  # i2t, t2i
+        timings["ours"].append(
+            common.timed(partial(_count_hits, q, ids[:queries], c, ids, TOP_K, chunk))
+        )
+        timings["topk"].append(common.timed(partial(topk_hits, q, c, chunk)))
+    peak_mib = (_peak_bytes() - rss_start) / 2**20
+    out: dict[str, Any] = {"n": n, "dim": dim, "queries": queries, "chunk": chunk}
+    for name, ts in timings.items():
+        wall = sum(t.wall_s for t in ts)
+        out[name] = {
+            "wall_s_per_1k_queries": 1e3 * wall / (2 * queries),
+            "extrapolated_wall_s": wall * n / queries,
+            "cpu_s": sum(t.cpu_s for t in ts),
+        }
+    out["state_mib"] = state_mib
+    out["state_formula_mib"] = state_bytes(n, dim) / 2**20
+    out["peak_mib"] = peak_mib
+    out["stated_bound_mib"] = stated_bound_bytes(n, dim) / 2**20
+    return out
+
+
+def spawn(*case_args: str) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, *case_args]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"case {method} N={n} failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{' '.join(case_args)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # ----------------------------------------------------------------------------- driver
-def _fmt_mem(mib: float) -> str:
+def _mem(mib: float) -> str:
     return f"{mib / 1024:.2f} GiB" if mib >= 1024 else f"{mib:.0f} MiB"
 
 
+def measure_size(args: Any, n: int) -> dict[str, Any]:
+    common_args = ["--dim", str(args.dim), "--seed", str(args.seed), "--threads", str(args.threads)]
+    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "topk": []}
+    for r in range(args.repeats):  # ours, topk, topk, ours, ...
+        for method in ("ours", "topk") if r % 2 == 0 else ("topk", "ours"):
+            runs[method].append(spawn("--case", method, "--n", str(n), *common_args))
+            print(f"  N={n:>7} {method:>12}: {runs[method][-1]['wall_s']:8.2f} s", flush=True)
+    cases: dict[str, Any] = {}
+    for method, rs in runs.items():
+        cases[method] = {
+            "wall": common.stats([r["wall_s"] for r in rs]),
+            "cpu": common.stats([r["cpu_s"] for r in rs]),
+            "peak_mib": max(r["peak_mib"] for r in rs),
+            "result": rs[0]["result"],
+        }
+    for method in ("torchmetrics", "full"):
+        est_gib = BYTES_PER_N2[method] * n * n / GIB
+        if est_gib > args.max_baseline_gib:
+            cases[method] = {"skipped": "memory", "estimated_peak_gib": est_gib}
+            print(f"  N={n:>7} {method:>12}: skipped (memory, est. {est_gib:.1f} GiB)")
+            continue
+        r = spawn("--case", method, "--n", str(n), *common_args)
+        cases[method] = {
+            "wall": common.stats([r["wall_s"]]),
+            "cpu": common.stats([r["cpu_s"]]),
+            "peak_mib": r["peak_mib"],
+            "result": r["result"],
+        }
+        print(f"  N={n:>7} {method:>12}: {r['wall_s']:8.2f} s", flush=True)
+    ours = cases["ours"]["result"]
+    for method, case in cases.items():
+        if "result" in case:  # every method must give the same numbers (near-ties aside)
+            diff = max(abs(ours[key] - case["result"][key]) for key in ours)
+            case["max_abs_diff_vs_ours"] = diff
+            if diff > 1.0 / n + 1e-9:
+                raise SystemExit(f"{method} disagrees with ours at N={n}: {diff}")
+            case["vs_ours"] = case["wall"]["median"] / cases["ours"]["wall"]["median"]
+    return cases
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.parser(__doc__.split("\n", 1)[0], repeats=3)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 50000])
     parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/recall.json"))
+    parser.add_argument("--stream-n", type=int, default=1_000_000, help="0: no streamed mode")
+    parser.add_argument("--stream-queries", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--max-baseline-gib",
-        type=float,
-        default=8.0,
-        help="skip a baseline whose estimated peak memory exceeds this",
-    )
+    parser.add_argument("--max-baseline-gib", type=float, default=8.0)
     parser.add_argument("--case", choices=sorted(METHODS), help=argparse.SUPPRESS)
+    parser.add_argument("--stream", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    common.setup(args)
 
     if args.case is not None:  # child process: one measurement, JSON on stdout
         print(json.dumps(run_case(args.case, args.n, args.dim, args.seed)))
         return
+    if args.stream:
+        print(json.dumps(run_stream(args.n, args.dim, args.stream_queries, args.seed)))
+        return
+    if args.smoke:
+        args.sizes, args.stream_n, args.stream_queries, args.repeats = [300], 3000, 256, 1
 
-    rows: list[dict[str, Any]] = []
-    for n in args.sizes:
-        cases: dict[str, Any] = {}
-        for method in ("ours", "torchmetrics", "full"):
-            est_gib = BYTES_PER_N2.get(method, 0) * n * n / GIB
-            if est_gib > args.max_baseline_gib:
-                cases[method] = {"skipped": "memory", "estimated_peak_gib": est_gib}
-                print(f"N={n:>6} {method:<12} skipped (memory, est. {est_gib:.1f} GiB)", flush=True)
-                continue
-            cases[method] = spawn_case(method, n, args.dim, args.seed)
-            c = cases[method]
-            print(
-                f"N={n:>6} {method:<12} {c['time_s']:8.2f} s  {_fmt_mem(c['peak_mib']):>10}"
-                f"  mean={c['result']['mean']:.4f}",
-                flush=True,
-            )
-        # agreement: every baseline that ran must give the same numbers (ties aside: <= 1 query)
-        ours = cases["ours"]["result"]
-        for method in ("torchmetrics", "full"):
-            if "result" in cases[method]:
-                diff = max(abs(ours[key] - cases[method]["result"][key]) for key in ours)
-                cases[method]["max_abs_diff_vs_ours"] = diff
-                assert diff <= 1.0 / n + 1e-9, f"{method} disagrees with ours at N={n}: {diff}"
-        if "skipped" in cases["full"]:
-            cases["full"]["peak_lower_bound_mib"] = 4 * n * n / 2**20  # the fp32 logits alone
-        rows.append({"n": n, "cases": cases})
-
-    # ratios against baselines measured in the same run
-    for row in rows:
-        ours = row["cases"]["ours"]
-        for method in ("torchmetrics", "full"):
-            c = row["cases"][method]
-            if "time_s" in c:
-                c["speedup"] = c["time_s"] / ours["time_s"]
-                if c["peak_mib"] > 0:  # tiny N can be below RSS resolution
-                    c["memory_ratio"] = ours["peak_mib"] / c["peak_mib"]
-            elif "peak_lower_bound_mib" in c:
-                c["memory_ratio_upper_bound"] = ours["peak_mib"] / c["peak_lower_bound_mib"]
-
-    largest = rows[-1]
-    tm_rows = [r for r in rows if "speedup" in r["cases"]["torchmetrics"]]
-    goals: dict[str, Any] = {}
-    if tm_rows:
-        r = tm_rows[-1]
-        s = r["cases"]["torchmetrics"]["speedup"]
-        goals["speedup_vs_torchmetrics"] = {"n": r["n"], "value": s, "goal": SPEED_GOAL}
-        goals["speedup_vs_torchmetrics"]["met"] = s >= SPEED_GOAL
-    full = largest["cases"]["full"]
-    mem = full.get("memory_ratio", full.get("memory_ratio_upper_bound"))
-    if mem is not None:
-        goals["memory_vs_full"] = {
-            "n": largest["n"],
-            "value": mem,
-            "goal": MEMORY_GOAL,
-            "met": mem <= MEMORY_GOAL,
-            "against": "measured" if "memory_ratio" in full else "lower bound 4*N^2 bytes",
-        }
-
-    table = [["N", "method", "time", "peak mem", "R@1 i2t/t2i", "mean", "ours faster", "mem ratio"]]
-    for row in rows:
-        for method in ("ours", "torchmetrics", "full"):
-            c = row["cases"][method]
-            if "skipped" in c:
-                mem = (
-                    f">= {_fmt_mem(c['peak_lower_bound_mib'])}"
-                    if "peak_lower_bound_mib" in c
-                    else f"~{c['estimated_peak_gib']:.0f} GiB est."
-                )
-                ratio = (
-                    f"<= {c['memory_ratio_upper_bound']:.3f}"
-                    if "memory_ratio_upper_bound" in c
-                    else "-"
-                )
-                table.append([str(row["n"]), method, "skipped (memory)", mem, "-", "-", "-", ratio])
-                continue
-            r = c["result"]
-            table.append(
-                [
-                    str(row["n"]),
-                    method,
-                    f"{c['time_s']:.2f} s",
-                    _fmt_mem(c["peak_mib"]),
-                    f"{r['i2t/R@1']:.4f}/{r['t2i/R@1']:.4f}",
-                    f"{r['mean']:.4f}",
-                    f"{c['speedup']:.1f}x" if "speedup" in c else "-",
-                    f"{c['memory_ratio']:.3f}" if "memory_ratio" in c else "-",
-                ]
-            )
-    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
-    print()
-    for i, line in enumerate(table):
-        print(" | ".join(cell.rjust(w) for cell, w in zip(line, widths, strict=True)))
-        if i == 0:
-            print("-+-".join("-" * w for w in widths))
-    print()
-    for name, goal in goals.items():
-        print(
-            f"goal {name}: {goal['value']:.3f} at N={goal['n']} "
-            f"(goal {goal['goal']}) -> {'MET' if goal['met'] else 'NOT MET'}"
+    sizes = {n: measure_size(args, n) for n in args.sizes}
+    stream = None
+    if args.stream_n:
+        stream = spawn(
+            "--stream",
+            "--n",
+            str(args.stream_n),
+            "--dim",
+            str(args.dim),
+            "--stream-queries",
+            str(args.stream_queries),
+            "--seed",
+            str(args.seed),
+            "--threads",
+            str(args.threads),
         )
 
-    report = {
-        "dim": args.dim,
-        "top_k": list(TOP_K),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.platform(),
-        "rows": rows,
-        "goals": goals,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {args.out}")
+    rows = []
+    for n, cases in sizes.items():
+        for method, case in cases.items():
+            if "skipped" in case:
+                est = f"~{case['estimated_peak_gib']:.0f} GiB est."
+                rows.append([str(n), method, "skipped (memory)", "-", est, "-", "-"])
+                continue
+            r = case["result"]
+            rows.append(
+                [
+                    str(n),
+                    method,
+                    f"{case['wall']['median']:.2f} s",
+                    f"{100 * case['wall']['spread']:.0f}%",
+                    _mem(case["peak_mib"]),
+                    f"{r['i2t/R@1']:.4f}/{r['t2i/R@1']:.4f}",
+                    f"{case['vs_ours']:.2f}x",
+                ]
+            )
+    if stream is not None:
+        for method in ("ours", "topk"):
+            s = stream[method]
+            rows.append(
+                [
+                    f"{stream['n']} (streamed)",
+                    method,
+                    f"{s['wall_s_per_1k_queries']:.2f} s/1k queries "
+                    f"(~{s['extrapolated_wall_s'] / 60:.0f} min for all)",
+                    "-",
+                    f"{_mem(stream['peak_mib'])} (bound {_mem(stream['stated_bound_mib'])})",
+                    "-",
+                    f"{s['wall_s_per_1k_queries'] / stream['ours']['wall_s_per_1k_queries']:.2f}x",
+                ]
+            )
+
+    headlines = []
+    for n, cases in sizes.items():
+        ratio = cases["ours"]["wall"]["median"] / cases["topk"]["wall"]["median"]
+        headlines.append(
+            common.headline(
+                f"recall N={n}: ours / chunked mm+topk",
+                ratio,
+                f"<= {SPEED_GOAL}",
+                ratio <= SPEED_GOAL,
+            )
+        )
+    if 50000 in sizes:
+        ours = sizes[50000]["ours"]
+        t, m = ours["wall"]["median"], ours["peak_mib"]
+        headlines.append(
+            common.headline("recall N=50k: ours seconds", t, "< 30", t < TIME_GOAL_50K_S)
+        )
+        headlines.append(
+            common.headline("recall N=50k: ours extra MiB", m, "< 1024", m < MEMORY_GOAL_50K_MIB)
+        )
+    if stream is not None:
+        ratio = stream["ours"]["wall_s_per_1k_queries"] / stream["topk"]["wall_s_per_1k_queries"]
+        headlines.append(
+            common.headline(
+                f"recall N={stream['n']} streamed: ours / chunked mm+topk",
+                ratio,
+                f"<= {SPEED_GOAL}",
+                ratio <= SPEED_GOAL,
+            )
+        )
+        within = stream["peak_mib"] <= stream["stated_bound_mib"] * 1.1 + 64
+        headlines.append(
+            common.headline(
+                f"recall N={stream['n']} streamed: peak MiB",
+                stream["peak_mib"],
+                f"<= stated bound {stream['stated_bound_mib']:.0f} (+10%)",
+                within,
+            )
+        )
+    common.write_result(
+        args,
+        "recall",
+        f"CrossModalRecall vs chunked mm+topk, torchmetrics, full sort; D={args.dim}",
+        ["N", "method", "time", "spread", "extra memory", "R@1 i2t/t2i", "/ ours"],
+        rows,
+        headlines,
+        {"top_k": list(TOP_K), "dim": args.dim, "sizes": sizes, "stream": stream},
+    )
 
 
 if __name__ == "__main__":
