@@ -290,9 +290,12 @@ def main(args: Sequence[str] | None = None) -> None:
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    from jepa_lightning.trainer import Trainer
+
     _lightning_cli_class()(
         LightningModule,
         LightningDataModule,
+        trainer_class=Trainer,  # Lightning's, plus precision: auto
         subclass_mode_model=True,
         subclass_mode_data=True,
         # save_dir is linked to default_root_dir: logs/jepa/version_N by default.

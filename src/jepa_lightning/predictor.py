@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from jepa_lightning.encoders.hf import ModelSource, build_model
@@ -22,6 +24,30 @@ DEFAULT_PREDICTOR_LM: dict[str, Any] = {
     "max_position_embeddings": 512,
 }
 """A tiny random Llama-style transformer: the predictor for smoke tests."""
+
+
+def _attention_backend(hidden: Tensor) -> AbstractContextManager[None]:
+    """The attention kernel for ``hidden``: the math one for bfloat16 on the CPU, else any.
+
+    On the CPU, the flash-attention kernel's backward in bfloat16 (bf16-mixed autocast or
+    bf16 weights) is several times slower than the math kernel's (see
+    ``benchmarks/bench_precision.py``); in float32, and on GPUs, the default choice is best.
+
+    Args:
+        hidden: The layer's input.
+
+    Returns:
+        A context that restricts scaled-dot-product attention to the math kernel, or does
+        nothing.
+    """
+    if hidden.device.type != "cpu":
+        return nullcontext()
+    autocast_bf16 = (
+        torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+    if autocast_bf16 or hidden.dtype == torch.bfloat16:
+        return sdpa_kernel(SDPBackend.MATH)
+    return nullcontext()
 
 
 class Predictor(nn.Module):
@@ -199,12 +225,14 @@ class Predictor(nn.Module):
         position_ids: Tensor,
         position_embeddings: tuple[Tensor, Tensor],
     ) -> Tensor:
-        output = layer(
-            hidden,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            position_embeddings=position_embeddings,
-        )
+        # Inside the (checkpointed) layer, so that a recomputation picks the same kernel.
+        with _attention_backend(hidden):
+            output = layer(
+                hidden,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                position_embeddings=position_embeddings,
+            )
         # Older transformers releases return a tuple from decoder layers.
         return output[0] if isinstance(output, tuple) else output
 
