@@ -73,7 +73,9 @@ def build_optimizer(
         total_steps: Optimizer steps of the whole run (the default schedule's length).
         optimizer: Builds the optimizer from the groups (the LightningCLI
             ``OptimizerCallable``); default AdamW(lr=1e-3, weight_decay=0.05,
-            betas=(0.9, 0.98)). Each group's learning rate is then scaled by its multiplier.
+            betas=(0.9, 0.98)), fused where the parameters' device has the kernel (CUDA,
+            and the CPU from torch 2.4: one kernel instead of a loop over parameters). Each
+            group's learning rate is then scaled by its multiplier.
         lr_scheduler: Builds the scheduler; default linear warmup over ``warmup_steps`` then
             cosine decay to ``min_lr_ratio`` of the peak at ``total_steps``.
         warmup_steps: Warmup steps of the default schedule.
@@ -83,9 +85,12 @@ def build_optimizer(
         The optimizer and its learning-rate scheduler.
     """
     if optimizer is None:
-        built: torch.optim.Optimizer = torch.optim.AdamW(
-            groups, lr=1e-3, weight_decay=0.05, betas=(0.9, 0.98)
-        )
+        built: torch.optim.Optimizer
+        defaults: dict[str, Any] = {"lr": 1e-3, "weight_decay": 0.05, "betas": (0.9, 0.98)}
+        try:
+            built = torch.optim.AdamW(groups, **defaults, fused=True)
+        except RuntimeError:  # no fused kernel for these parameters' device or dtype
+            built = torch.optim.AdamW(groups, **defaults)
     else:
         built = optimizer(groups)
     for group in built.param_groups:
