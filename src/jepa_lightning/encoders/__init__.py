@@ -1,6 +1,7 @@
-"""Modality encoders: the base class and the vision and text encoders."""
+"""Modality encoders: the base class, the vision and text encoders, and the registry."""
 
 from jepa_lightning.encoders.base import EncoderOutput, ModalityEncoder, SampleCodec
+from jepa_lightning.encoders.registry import available
 from jepa_lightning.encoders.text import TextCodec, TextEncoder, masked_mean
 from jepa_lightning.encoders.vision import ImageCodec, VisionEncoder
 
@@ -12,5 +13,6 @@ __all__ = [
     "TextCodec",
     "TextEncoder",
     "VisionEncoder",
+    "available",
     "masked_mean",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from jepa_lightning.data import WebDataModule
+
 from jepa_lightning_audio.tones import TonesSpec, ensure_tones_shards
 
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from jepa_lightning.encoders import EncoderOutput, ModalityEncoder
 from torch import Tensor, nn
 
-from jepa_lightning.encoders import EncoderOutput, ModalityEncoder
 from jepa_lightning_audio.codec import AudioCodec, Waveforms
 from jepa_lightning_audio.mel import LogMelSpectrogram, sinusoidal_positions
 

@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import soundfile
-
 from jepa_lightning.data.index import INDEX_FILENAME, read_shard_index
 from jepa_lightning.data.seeds import seed_from
 from jepa_lightning.tools.shards import ShardWriter
