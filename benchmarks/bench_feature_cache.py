@@ -1,49 +1,46 @@
 """Benchmark training epochs on cached X-encoder features against recomputing the encoder.
 
-Two models, each trained for one epoch on the same shapes samples, once from the image shards
-(the frozen X-encoder runs every step) and once from feature shards written by
-:func:`~jepa_lightning.tools.feature_cache.write_feature_cache` (the X-encoder is skipped):
+Two models, each trained for one epoch on the same shapes samples (the config's precision,
+``auto`` resolved for the CPU), three ways:
 
-* ``default``: ``configs/shapes_tiny.yaml`` as it is (64x64 images, a 2-layer ViT, batch 128,
-  one data loader worker).
-* ``vit-l``: the same with a ViT-L/16-shaped random X-encoder at 224x224 (hidden 1024, 24
-  layers, the paper's frozen-encoder regime, where the encoder is most of the compute), with a
-  smaller batch so that it fits a CPU run.
+* ``recompute``: from the image shards: the frozen X-encoder runs every step;
+* ``cached``: from feature shards written by
+  :func:`~jepa_lightning.tools.feature_cache.write_feature_cache` (the X-encoder is skipped,
+  its tokens are read and decoded);
+* ``trainable alone``: the same cached-token batches, collated once and held in memory: no
+  encoder and no I/O, only the parts that train. ``cached / trainable alone`` is what reading
+  the cache costs.
 
-The epoch time is measured from the start to the end of the training epoch (no validation),
-the fastest of ``--repeats`` interleaved runs; the one-off time to write the cache (the
-encoder over every image once) is reported beside it. Both models of a case are built
-from the same seed, so their X-encoders are identical (as the cache's fingerprint checks).
+Cases: ``default`` is ``configs/shapes_tiny.yaml`` as it is (64x64 images, a 2-layer ViT,
+its batch size and ``num_workers``); ``vit-l`` swaps in a ViT-L/16-shaped random X-encoder at
+224x224 (hidden 1024, 24 layers, the paper's frozen-encoder regime, where the encoder is most
+of the compute), with a smaller batch so that it fits a CPU run. The epoch time runs from the
+start to the end of the training epoch (no validation); repeats alternate their order, the
+median is reported. The one-off time to write the cache is reported beside it. Both models of
+a case are built from the same seed, so their X-encoders are identical (as the cache's
+fingerprint checks). Goal (issue 14): ``cached`` at most 1.1x ``trainable alone``.
 
 Usage::
 
-    python benchmarks/bench_feature_cache.py --out benchmarks/results/feature_cache.json
+    python benchmarks/bench_feature_cache.py [--samples 2048] [--cases default vit-l] [--smoke]
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
-import math
-import os
-import platform
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
-import yaml
-from jsonargparse import ArgumentParser
-from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+import common
+from lightning.pytorch import Callback, LightningModule, Trainer
+from steps import Batches, build_model, load_config
 
 from jepa_lightning.data import WebDataModule
-from jepa_lightning.modules import VLJEPA
 from jepa_lightning.tools.feature_cache import write_feature_cache
 from jepa_lightning.tools.shapes import ShapesSpec, write_shapes_shards
+from jepa_lightning.trainer import resolve_precision
 
-REPO = Path(__file__).resolve().parents[1]
 VIT_L = {
     "model_type": "vit",
     "image_size": 224,
@@ -53,37 +50,30 @@ VIT_L = {
     "num_attention_heads": 16,
     "intermediate_size": 4096,
 }
+GOAL = 1.1
 
 
 class EpochTimer(Callback):
+    def __init__(self) -> None:
+        self.watch = common.Stopwatch()
+        self.timing = common.Timing(0.0, 0.0)
+
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.start = time.perf_counter()
+        self.watch.start()
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.seconds = time.perf_counter() - self.start
+        self.timing = self.watch.stop()
 
 
-def build_model(section: dict[str, Any]) -> VLJEPA:
-    seed_everything(0, verbose=False)
-    parser = ArgumentParser()
-    parser.add_subclass_arguments(LightningModule, "model", required=True)
-    model = parser.instantiate_classes(parser.parse_object({"model": section})).model
-    assert isinstance(model, VLJEPA)
-    return model
-
-
-def epoch_seconds(section: dict[str, Any], shards: str, batch_size: int, workers: int) -> float:
+def epoch(section: dict[str, Any], loader: Any, precision: str) -> common.Timing:
     model = build_model(section)
-    data = WebDataModule(
-        collator=model.batch_collator(),
-        train_shards=shards,
-        batch_size=batch_size,
-        resampled=False,
-        num_workers=workers,
-    )
+    if isinstance(loader, WebDataModule):
+        loader.collator = model.batch_collator()
     timer = EpochTimer()
     trainer = Trainer(
+        accelerator="cpu",
         max_epochs=1,
+        precision=precision,  # type: ignore[arg-type]
         limit_val_batches=0,
         logger=False,
         enable_checkpointing=False,
@@ -91,102 +81,139 @@ def epoch_seconds(section: dict[str, Any], shards: str, batch_size: int, workers
         enable_model_summary=False,
         callbacks=[timer],
     )
-    trainer.fit(model, data)
-    assert trainer.global_step == len(trainer.train_dataloader)  # type: ignore[arg-type]
-    return timer.seconds
+    trainer.fit(model, loader)
+    return timer.timing
 
 
 def run_case(
+    args: Any,
     name: str,
     section: dict[str, Any],
     image_size: int,
     samples: int,
     batch_size: int,
     workers: int,
-    repeats: int,
+    precision: str,
 ) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp())
-    images = str(root / "images")
-    write_shapes_shards(
-        images, samples, ShapesSpec(image_size=image_size), samples_per_shard=max(64, samples // 4)
-    )
+    images, features = str(root / "images"), str(root / "features")
+    spec = ShapesSpec(image_size=image_size)
+    write_shapes_shards(images, samples, spec, samples_per_shard=max(16, samples // 4))
     encoder = build_model(section).model.x_encoder
-    start = time.perf_counter()
-    write_feature_cache(
-        images,
-        str(root / "features"),
-        encoder,
-        batch_size=batch_size,
-        num_workers=workers,
-        device="cpu",
-        progress=False,
+    cache_write = common.timed(
+        lambda: write_feature_cache(
+            images,
+            features,
+            encoder,
+            batch_size=batch_size,
+            num_workers=workers,
+            device="cpu",
+            progress=False,
+        )
     )
-    cache_seconds = time.perf_counter() - start
-    recompute, cached = math.inf, math.inf
-    for _ in range(repeats):  # interleaved; the fastest of each, robust to a busy machine
-        recompute = min(recompute, epoch_seconds(section, images, batch_size, workers))
-        cached = min(cached, epoch_seconds(section, str(root / "features"), batch_size, workers))
+
+    def data(shards: str) -> WebDataModule:
+        return WebDataModule(
+            train_shards=shards, batch_size=batch_size, resampled=False, num_workers=workers
+        )
+
+    cached_data = data(features)
+    cached_data.collator = build_model(section).batch_collator()
+    in_memory = Batches(list(cached_data.train_dataloader()))
+    sides = {
+        "recompute": lambda: epoch(section, data(images), precision),
+        "cached": lambda: epoch(section, data(features), precision),
+        "trainable alone": lambda: epoch(section, in_memory, precision),
+    }
+    times = common.interleave(sides, args.repeats)
+    summary = {side: common.timing_stats(ts, scale=1.0) for side, ts in times.items()}
+    seconds = {side: s["wall"]["median"] for side, s in summary.items()}
     return {
         "case": name,
         "samples": samples,
         "batch_size": batch_size,
-        "epoch_s_recompute": recompute,
-        "epoch_s_cached": cached,
-        "speedup": recompute / cached,
-        "cache_write_s": cache_seconds,
+        "num_workers": workers,
+        "precision": precision,
+        "epoch_s": summary,
+        "speedup": seconds["recompute"] / seconds["cached"],
+        "cached_over_trainable": seconds["cached"] / seconds["trainable alone"],
+        "cache_write_s": cache_write.wall_s,
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = common.parser(__doc__.split("\n", 1)[0], repeats=3)
     parser.add_argument("--samples", type=int, default=2048, help="default case")
     parser.add_argument("--vitl-samples", type=int, default=24)
     parser.add_argument("--vitl-batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/feature_cache.json"))
+    parser.add_argument("--cases", nargs="+", default=["default", "vit-l"])
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    config = yaml.safe_load((REPO / "configs/shapes_tiny.yaml").read_text())
-    section = config["model"]
+    config = load_config()
     data_args = config["data"]["init_args"]
+    batch_size = int(data_args["batch_size"])
+    if args.smoke:
+        args.samples, args.repeats, args.cases, batch_size = 32, 1, ["default"], 8
+    common.setup(args)
+    precision = str(resolve_precision(config["trainer"].get("precision"), "cpu") or "32-true")
+    section = config["model"]
     vitl = copy.deepcopy(section)
     vitl["init_args"]["x_encoder"]["init_args"]["model"] = VIT_L
-    rows = [
-        run_case(
-            "default",
-            section,
-            data_args["image_size"],
-            args.samples,
-            data_args["batch_size"],
-            data_args["num_workers"],
-            args.repeats,
-        ),
-        run_case("vit-l", vitl, 224, args.vitl_samples, args.vitl_batch_size, 1, args.repeats),
-    ]
-    header = (
-        f"{'case':8} {'samples':>7} {'batch':>5} {'recompute s':>11} {'cached s':>9} "
-        f"{'speedup':>7} {'cache write s':>13}"
-    )
-    print(header)
-    print("-" * len(header))
-    for row in rows:
-        print(
-            f"{row['case']:8} {row['samples']:7} {row['batch_size']:5} "
-            f"{row['epoch_s_recompute']:11.2f} {row['epoch_s_cached']:9.2f} "
-            f"{row['speedup']:7.2f} {row['cache_write_s']:13.2f}"
-        )
-    result = {
-        "benchmark": "feature_cache",
-        "torch_threads": args.threads,
-        "repeats": args.repeats,
-        "machine": platform.platform(),
-        "load_average": os.getloadavg(),
-        "results": rows,
+    cases = {
+        "default": (section, int(data_args["image_size"]), args.samples, batch_size),
+        "vit-l": (vitl, 224, args.vitl_samples, args.vitl_batch_size),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    workers = int(data_args["num_workers"])
+    results = [
+        run_case(args, name, *cases[name], workers=workers, precision=precision)
+        for name in args.cases
+    ]
+    rows, headlines = [], []
+    for r in results:
+        s = {side: v["wall"]["median"] for side, v in r["epoch_s"].items()}
+        rows.append(
+            [
+                r["case"],
+                str(r["samples"]),
+                str(r["batch_size"]),
+                f"{s['recompute']:.2f}",
+                f"{s['cached']:.2f}",
+                f"{s['trainable alone']:.2f}",
+                f"{r['speedup']:.2f}",
+                f"{r['cached_over_trainable']:.2f}",
+                f"{r['cache_write_s']:.2f}",
+            ]
+        )
+        ratio = r["cached_over_trainable"]
+        headlines.append(
+            common.headline(
+                f"feature cache, {r['case']}: cached epoch / trainable parts alone",
+                ratio,
+                f"<= {GOAL}",
+                ratio <= GOAL,
+            )
+        )
+        headlines.append(
+            common.headline(f"feature cache, {r['case']}: recompute / cached", r["speedup"])
+        )
+    common.write_result(
+        args,
+        "feature_cache",
+        "Epoch on cached X-encoder features vs recomputing the encoder vs trainable parts alone",
+        [
+            "case",
+            "samples",
+            "batch",
+            "recompute s",
+            "cached s",
+            "trainable s",
+            "speedup",
+            "cached/trainable",
+            "cache write s",
+        ],
+        rows,
+        headlines,
+        {"results": results},
+    )
 
 
 if __name__ == "__main__":
