@@ -34,8 +34,10 @@ DESCRIPTION = (
     "generated shapes, a converted image folder, or cached frozen X-encoder features; 'export "
     "CHECKPOINT OUTPUT' writes the trained model as safetensors, loadable without Lightning; "
     "'search {build,query}' indexes images and finds them by text; 'classify' labels images "
-    "from class names; 'evaluate' writes CLIP_benchmark results. Add --help after a subcommand "
-    "for its options."
+    "from class names; 'evaluate' writes CLIP_benchmark results; 'export-encoder CHECKPOINT "
+    "OUTPUT' writes a JEPA-pretrained (IJEPA) encoder as a transformers folder, a VL-JEPA "
+    "X-encoder; 'probe ENCODER' scores a frozen encoder with attentive, linear and k-NN "
+    "probes. Add --help after a subcommand for its options."
 )
 
 DATA_COMMANDS: dict[str, str] = {
@@ -61,6 +63,8 @@ TOOL_COMMANDS: dict[str, str] = {
     "export": EXPORT_COMMAND,
     "classify": "jepa_lightning.classify.classify",
     "evaluate": "jepa_lightning.evaluate.evaluate",
+    "export-encoder": "jepa_lightning.export_encoder.export_encoder_checkpoint",
+    "probe": "jepa_lightning.tools.probe.probe_encoder",
 }
 """Commands that run one function (no Lightning Trainer), imported when they run."""
 
@@ -262,7 +266,8 @@ def main(args: Sequence[str] | None = None) -> None:
     ``jepa-lightning data {shapes,convert,cache} ...`` writes WebDataset
     shards; ``jepa-lightning export CHECKPOINT OUTPUT`` writes the trained
     model as safetensors, loadable without Lightning; ``search {build,query}``,
-    ``classify`` and ``evaluate`` use a trained model.
+    ``classify`` and ``evaluate`` use a trained model; ``export-encoder`` and
+    ``probe`` export and score a JEPA-pretrained encoder.
 
     Args:
         args: Command-line arguments; default ``sys.argv[1:]``.
