@@ -78,6 +78,8 @@ def _classification(
     label: str,
 ) -> dict[str, float]:
     names = list(class_prompts(class_names))
+    if len(names) < 2:
+        raise ValueError(f"zeroshot_classification needs at least 2 classes, got {names}")
     index = {name: i for i, name in enumerate(names)}
     classes = class_embeddings(network, class_names, templates)
     accuracy = ZeroShotAccuracy(classes, top_k=(1, 5))
