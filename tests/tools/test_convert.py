@@ -165,3 +165,37 @@ def test_key_from_path() -> None:
     assert key_from_path("a b/c.d/é.png") == "a_b/c_d/_"
     long = key_from_path("x" * 200 + ".jpg")
     assert len(long) <= 90 and "." not in long
+
+
+def test_extra_columns_and_fields_are_carried_into_json(folder: Path, tmp_path: Path) -> None:
+    table = tmp_path / "captions.csv"
+    with table.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "caption", "labels", "query", "answer"])
+        writer.writerow(["a.jpg", "a red image", '{"colour": "red"}', "what colour?", "red"])
+        writer.writerow(["b.png", "a green image", "", "", ""])
+    out = tmp_path / "csv"
+    convert_folder(str(folder), str(table), output=str(out), progress=False)
+    samples = _read(out)
+    assert samples["a"]["json"] == {
+        "source": "a.jpg",
+        "labels": {"colour": "red"},  # a JSON cell is parsed
+        "query": "what colour?",
+        "answer": "red",
+    }
+    lines = tmp_path / "captions.jsonl"
+    row = {"image": "d.webp", "caption": "dark", "labels": {"tone": "dark"}, "candidates": ["a"]}
+    lines.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    convert_folder(str(folder), str(lines), output=str(tmp_path / "jsonl"), progress=False)
+    assert _read(tmp_path / "jsonl")["d"]["json"] == {
+        "source": "d.webp",
+        "labels": {"tone": "dark"},
+        "candidates": ["a"],
+    }
+    _sidecars(folder)
+    (folder / "a.json").write_text('{"labels": {"colour": "red"}}', encoding="utf-8")
+    (folder / "b.json").write_text("[1]", encoding="utf-8")
+    report = convert_folder(str(folder), output=str(tmp_path / "side"), progress=False)
+    side = _read(tmp_path / "side")
+    assert side["a"]["json"] == {"labels": {"colour": "red"}, "source": "a.jpg"}
+    assert "b" not in side and ("invalid_record", "b.json") in report.skipped_files

@@ -12,8 +12,12 @@ Captions come from one of:
 A row per caption: an image listed with several captions gives several samples (keys get a
 ``_1``, ``_2``... suffix). Images are verified by decoding them with PIL and stored as their
 original bytes (no re-encoding) under ``jpg``, ``png`` or ``webp`` according to their actual
-format; captions are stored as ``txt`` and ``{"source": <relative path>}`` as ``json``. Files
-that cannot be used are skipped and listed in the returned :class:`ConvertReport`.
+format; captions are stored as ``txt`` and ``{"source": <relative path>}`` as ``json``, with
+every other column (CSV) or field (JSON/JSONL) of the row, or the fields of a side-car
+``photo.json``: e.g. ``labels`` (``{"colour": "red"}``, read by the zero-shot callback),
+``query``, ``answer`` and ``candidates`` (questions, for VQA). A CSV cell holding a JSON object
+or list is parsed. Files that cannot be used are skipped and listed in the returned
+:class:`ConvertReport`.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ SKIP_REASONS: dict[str, str] = {
     "missing_caption": "no caption for the image",
     "empty_caption": "caption is empty",
     "unreadable_caption": "caption file is not UTF-8 text",
-    "invalid_record": "caption file entry without an image path",
+    "invalid_record": "caption file entry without an image path, or a bad side-car .json",
 }
 """Reasons for skipping a file, as used in :attr:`ConvertReport.skipped_files`."""
 
@@ -161,9 +165,24 @@ def _scan(root: Path, exclude: Path | None) -> list[Path]:
     return found
 
 
+_Record = tuple[str, object, object, dict[str, object]]
+"""A caption file's row: its location, image path, caption and other fields."""
+
+
+def _cell(value: str | None) -> object:
+    """A CSV cell; one that holds a JSON object or list is parsed."""
+    text = (value or "").strip()
+    if text[:1] in ("{", "["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
 def _records_csv(
     path: Path, delimiter: str, image_column: str, caption_column: str
-) -> Iterator[tuple[str, object, object]]:
+) -> Iterator[_Record]:
     with open(path, encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle, delimiter=delimiter)
         columns = reader.fieldnames or []
@@ -175,12 +194,13 @@ def _records_csv(
             )
         for row in reader:
             location = f"{path.name}:{reader.line_num}"
-            yield location, row.get(image_column), row.get(caption_column)
+            extra = {k: _cell(v) for k, v in row.items() if k not in (image_column, caption_column)}
+            yield location, row.get(image_column), row.get(caption_column), extra
 
 
 def _records_json(
     path: Path, lines: bool, image_column: str, caption_column: str
-) -> Iterator[tuple[str, object, object]]:
+) -> Iterator[_Record]:
     text = path.read_text(encoding="utf-8-sig")
     entries: Iterable[tuple[str, object]]
     if lines:
@@ -203,14 +223,15 @@ def _records_json(
         entries = [(f"{path.name}[{i}]", entry) for i, entry in enumerate(document)]
     for location, entry in entries:
         if not isinstance(entry, dict):
-            yield location, None, None
+            yield location, None, None, {}
         else:
-            yield location, entry.get(image_column), entry.get(caption_column)
+            extra = {k: v for k, v in entry.items() if k not in (image_column, caption_column)}
+            yield location, entry.get(image_column), entry.get(caption_column), extra
 
 
 def _caption_records(
     captions: Path, image_column: str, caption_column: str
-) -> Iterator[tuple[str, object, object]]:
+) -> Iterator[_Record]:
     kind = _CAPTION_FORMATS.get(captions.suffix.lower())
     if kind is None:
         raise ValueError(
@@ -230,13 +251,14 @@ class _Item:
     path: Path
     relative: str
     caption: str
+    meta: dict[str, object] = field(default_factory=dict)
 
 
 def _collect_sidecar(root: Path, files: list[Path], report: ConvertReport) -> list[_Item]:
     items = []
     for path in files:
         relative = _relative(path, root)
-        if path.suffix.lower() == ".txt":
+        if path.suffix.lower() in (".txt", ".json"):  # side-car captions and metadata
             continue
         if not _is_image(path):
             report.skipped_files.append(("unsupported_extension", relative))
@@ -256,7 +278,17 @@ def _collect_sidecar(root: Path, files: list[Path], report: ConvertReport) -> li
         if not caption:
             report.skipped_files.append(("empty_caption", relative))
             continue
-        items.append(_Item(path, relative, caption))
+        meta_path = path.with_suffix(".json")
+        meta: object = {}
+        if meta_path.is_file():
+            try:
+                meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                meta = None
+        if not isinstance(meta, dict):  # a side-car .json that holds no object
+            report.skipped_files.append(("invalid_record", _relative(meta_path, root)))
+            continue
+        items.append(_Item(path, relative, caption, meta))
     return items
 
 
@@ -270,7 +302,9 @@ def _collect_listed(
 ) -> list[_Item]:
     items = []
     listed: set[Path] = set()
-    for location, image, caption in _caption_records(captions, image_column, caption_column):
+    for location, image, caption, extra in _caption_records(
+        captions, image_column, caption_column
+    ):
         if not isinstance(image, str) or not image.strip():
             report.skipped_files.append(("invalid_record", location))
             continue
@@ -286,7 +320,7 @@ def _collect_listed(
         elif not str(caption).strip():
             report.skipped_files.append(("empty_caption", relative))
         else:
-            items.append(_Item(path, relative, str(caption).strip()))
+            items.append(_Item(path, relative, str(caption).strip(), extra))
     for path in files:  # images in the folder that the caption file does not mention
         if _is_image(path) and path.resolve() not in listed:
             report.skipped_files.append(("missing_caption", _relative(path, root)))
@@ -427,7 +461,8 @@ def convert_folder(
                 suffix += 1
                 key = f"{base}_{suffix}"
             used_keys.add(key)
-            writer.write_sample(key, data, item.caption, {"source": item.relative}, image_field)
+            meta = {**item.meta, "source": item.relative}
+            writer.write_sample(key, data, item.caption, meta, image_field)
             report.written += 1
         if report.written == 0:
             raise ValueError(
