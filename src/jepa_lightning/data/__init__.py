@@ -14,11 +14,13 @@ if TYPE_CHECKING:
     from jepa_lightning.data.datamodule import ShapesDataModule, WebDataModule
     from jepa_lightning.data.features import FeatureCodec, encoder_fingerprint
     from jepa_lightning.data.index import ShardIndex, read_shard_index
+    from jepa_lightning.data.moving_shapes import MovingShapesDataModule
     from jepa_lightning.data.pipeline import Shard, ShardStream, resolve_shards
     from jepa_lightning.data.seeds import seed_from
 
 __all__ = [
     "FeatureCodec",
+    "MovingShapesDataModule",
     "PairCollator",
     "SampleError",
     "ShapesDataModule",
@@ -44,6 +46,7 @@ __getattr__ = lazy_exports(
         "encoder_fingerprint": "jepa_lightning.data.features",
         "ShardIndex": "jepa_lightning.data.index",
         "read_shard_index": "jepa_lightning.data.index",
+        "MovingShapesDataModule": "jepa_lightning.data.moving_shapes",
         "Shard": "jepa_lightning.data.pipeline",
         "ShardStream": "jepa_lightning.data.pipeline",
         "resolve_shards": "jepa_lightning.data.pipeline",

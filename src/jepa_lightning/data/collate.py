@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -64,6 +64,19 @@ class PairCollator:
     text: SampleCodec | None = None
     x_fingerprint: dict[str, Any] | None = field(default=None, compare=False)
     captions_required: bool = True
+
+    def for_training(self) -> PairCollator:
+        """The collator of the training loader: the X codec's training variant, if it has one.
+
+        A codec with a ``for_training()`` method (the clip codec: random clip starts instead
+        of the centred clip) returns its training variant from it; other codecs are the same
+        in training and evaluation.
+
+        Returns:
+            This collator, with the X codec's training variant.
+        """
+        for_training = getattr(self.x, "for_training", None)
+        return self if for_training is None else replace(self, x=for_training())
 
     def decode_sample(self, sample: Mapping[str, Any]) -> dict[str, Any]:
         """Decodes one raw WebDataset sample.

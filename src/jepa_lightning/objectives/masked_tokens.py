@@ -21,6 +21,10 @@ class MaskedTokenPrediction(Objective):
     the X-encoder's width, and each must pick out the true (layer-normed, as in I-JEPA)
     token among every hidden token of the global batch (token-level InfoNCE).
 
+    On a clip encoder's ``(frames, height, width)`` grid the masks are V-JEPA's 3-D blocks
+    (``masking`` takes ``temporal_scale``). A batch with fewer frames than a full clip (images
+    fed to a clip encoder) is masked on the grid of the frames it has.
+
     Args:
         weight: Weight of this loss in the total.
         masking: Keyword arguments of :class:`~jepa_lightning.masking.MultiBlockMaskGenerator`
@@ -28,7 +32,7 @@ class MaskedTokenPrediction(Objective):
         temperature: Fixed temperature of the token-level InfoNCE.
 
     Raises:
-        ValueError: (at :meth:`bind`) If the X-encoder reports no token grid.
+        ValueError: (at :meth:`bind`) If the X-encoder reports no 2-D or 3-D token grid.
     """
 
     name = "masked"
@@ -41,6 +45,7 @@ class MaskedTokenPrediction(Objective):
         self.loss = MaskedTokenInfoNCELoss(temperature=temperature)
         self.mask_generator: MultiBlockMaskGenerator | None = None
         self.head: nn.Linear | None = None
+        self._generators: dict[int, MultiBlockMaskGenerator] = {}
 
     def bind(self, model: VLJEPAModel) -> None:
         """Builds the mask generator over the X-encoder's grid and the output head.
@@ -49,7 +54,7 @@ class MaskedTokenPrediction(Objective):
             model: The model core.
 
         Raises:
-            ValueError: If the X-encoder reports no token grid.
+            ValueError: If the X-encoder reports no 2-D or 3-D token grid.
         """
         grid = model.x_encoder.grid
         if grid is None:
@@ -57,9 +62,11 @@ class MaskedTokenPrediction(Objective):
                 f"MaskedTokenPrediction needs an X-encoder with a token grid; "
                 f"{type(model.x_encoder).__name__}.grid is None"
             )
-        if len(grid) != 2:
-            raise ValueError(f"MaskedTokenPrediction needs a 2-D token grid, got {grid}")
-        self.mask_generator = MultiBlockMaskGenerator((grid[0], grid[1]), **self.masking)
+        if len(grid) not in (2, 3):
+            raise ValueError(f"MaskedTokenPrediction needs a 2-D or 3-D token grid, got {grid}")
+        frames = grid[0] if len(grid) == 3 else 1
+        self.mask_generator = MultiBlockMaskGenerator((grid[-2], grid[-1]), frames, **self.masking)
+        self._generators = {frames: self.mask_generator}
         self.head = nn.Linear(model.predictor.width, model.x_encoder.output_dim)
 
     def forward(self, step: BatchForward) -> Tensor:
@@ -77,7 +84,7 @@ class MaskedTokenPrediction(Objective):
         if self.mask_generator is None or self.head is None:
             raise RuntimeError("MaskedTokenPrediction.bind(model) must run before the loss")
         model, visual = step.model, step.x.tokens
-        masks = self.mask_generator(visual.shape[0])
+        masks = self._generator_for(visual.shape[1])(visual.shape[0])
         context = masks.context.to(visual.device)
         hidden_positions = masks.targets.to(visual.device)
         targets = F.layer_norm(take_tokens(visual, hidden_positions), visual.shape[-1:])
@@ -92,3 +99,20 @@ class MaskedTokenPrediction(Objective):
         start = context.shape[1]
         predictions = self.head(hidden[:, start : start + hidden_positions.shape[1]])
         return self.loss(predictions, targets)
+
+    def _generator_for(self, num_tokens: int) -> MultiBlockMaskGenerator:
+        """The mask generator of a batch with ``num_tokens`` tokens (its first frames)."""
+        assert self.mask_generator is not None
+        full = self.mask_generator
+        per_frame = full.height * full.width
+        frames = num_tokens // per_frame
+        if num_tokens % per_frame or not 1 <= frames <= full.frames:
+            raise ValueError(
+                f"MaskedTokenPrediction: {num_tokens} X tokens are no whole number of frames of "
+                f"the {full.frames}x{full.height}x{full.width} grid"
+            )
+        if frames not in self._generators:
+            self._generators[frames] = MultiBlockMaskGenerator(
+                (full.height, full.width), frames, **self.masking
+            )
+        return self._generators[frames]

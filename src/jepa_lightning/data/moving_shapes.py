@@ -1,0 +1,103 @@
+"""The generated video data: "moving shapes" clips with temporal captions, written on first use."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+from jepa_lightning.data.datamodule import EpochDataLoader, WebDataModule
+from jepa_lightning.encoders.video import VideoCodec
+from jepa_lightning.tools.moving_shapes import MovingShapesSpec, ensure_moving_shapes_shards
+
+
+class MovingShapesDataModule(WebDataModule):
+    """Clips of moving shapes with captions that need time, written as ``mp4`` shards.
+
+    Captions such as "a red circle moves to the left" or "a square appears, then a circle",
+    balanced so that no single frame answers them (see
+    :mod:`jepa_lightning.tools.moving_shapes`). ``prepare_data`` writes the ``train`` and
+    ``val`` shard folders under ``root`` once (again only when the parameters change). The
+    X-encoder decides how clips are sampled (its ``num_frames``, ``frame_stride``...); the
+    model's collator brings that codec.
+
+    Args:
+        root: Folder for the ``train`` and ``val`` shard folders.
+        train_samples: Number of training clips to generate.
+        val_samples: Number of validation clips to generate.
+        image_size: Side of the generated frames.
+        clip_frames: Frames per generated video.
+        fps: Frame rate of the generated videos.
+        order_fraction: Share of "appears, then" clips (the rest are motion clips).
+        data_seed: Seed of the generator (validation uses ``data_seed + 1``).
+        val_frames: Evaluate on clips of this many frames instead of the model's: ``1``
+            feeds the middle frame alone (a single-frame baseline of the same model on the
+            same clips). None (default): the model's clips.
+        **kwargs: :class:`WebDataModule` arguments (batch size, workers...).
+    """
+
+    def __init__(
+        self,
+        root: str = "data/moving_shapes",
+        train_samples: int = 8000,
+        val_samples: int = 1000,
+        image_size: int = 64,
+        clip_frames: int = 20,
+        fps: int = 10,
+        order_fraction: float = 0.5,
+        data_seed: int = 0,
+        val_frames: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs["train_shards"] = kwargs.get("train_shards") or f"{root}/train"
+        kwargs["val_shards"] = kwargs.get("val_shards") or f"{root}/val"
+        super().__init__(**kwargs)
+        if val_frames is not None and val_frames < 1:
+            raise ValueError(f"data.val_frames must be >= 1, got {val_frames}")
+        self.root = root
+        self.spec = MovingShapesSpec(
+            image_size=image_size, num_frames=clip_frames, fps=fps, order_fraction=order_fraction
+        )
+        self.splits = {"train": (train_samples, data_seed), "val": (val_samples, data_seed + 1)}
+        self.val_frames = val_frames
+
+    def prepare_data(self) -> None:
+        """Writes the shards if they are missing or were made differently."""
+        for split, (num_samples, seed) in self.splits.items():
+            ensure_moving_shapes_shards(
+                f"{self.root}/{split}",
+                num_samples,
+                self.spec,
+                seed=seed,
+                split=split,
+                progress=True,
+            )
+
+    @contextmanager
+    def _eval_clips(self) -> Iterator[None]:
+        """Within it, the collator samples ``val_frames``-frame clips (when set)."""
+        if self.val_frames is None or self.collator is None:
+            yield
+            return
+        model_collator, codec = self.collator, self.collator.x
+        if not isinstance(codec, VideoCodec):
+            raise ValueError(
+                f"data.val_frames needs a clip X-encoder (num_frames > 1); the model's codec "
+                f"is {type(codec).__name__}"
+            )
+        self.collator = replace(model_collator, x=replace(codec, num_frames=self.val_frames))
+        try:
+            yield
+        finally:
+            self.collator = model_collator
+
+    def val_dataloader(self) -> EpochDataLoader:
+        """The validation clips (of ``val_frames`` frames when set)."""
+        with self._eval_clips():
+            return super().val_dataloader()
+
+    def test_dataloader(self) -> EpochDataLoader:
+        """The validation clips (of ``val_frames`` frames when set), as the held-out set."""
+        with self._eval_clips():
+            return super().test_dataloader()
