@@ -237,7 +237,7 @@ class WebDataModule(LightningDataModule):
             )
         stream = ShardStream(
             shards,
-            self._collator(shards, "data.train_shards"),
+            self._collator(shards, "data.train_shards").for_training(),
             self.batch_size,
             mode="resampled" if self.resampled else "epoch",
             batches_per_rank=batches_per_rank,
