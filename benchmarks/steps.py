@@ -17,7 +17,6 @@ from typing import Any
 import torch
 import yaml
 from common import REPO, Stopwatch, Timing
-from jsonargparse import ArgumentParser
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
 from jepa_lightning.batch import Batch
@@ -40,6 +39,8 @@ def build_model(section: dict[str, Any], seed: int = 0) -> VLJEPA:
     Raises:
         ValueError: If it is not a VLJEPA with a VisionEncoder X-encoder.
     """
+    from jsonargparse import ArgumentParser  # here: gpu_check.py runs where it may be missing
+
     seed_everything(seed, verbose=False)
     parser = ArgumentParser()
     parser.add_subclass_arguments(LightningModule, "model", required=True)
