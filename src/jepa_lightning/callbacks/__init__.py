@@ -1,18 +1,22 @@
-"""Callbacks that monitor training: embedding geometry, zero-shot, probes, collapse, pictures."""
+"""Callbacks: embedding geometry, zero-shot, VQA, probes, collapse, pictures; embeddings out."""
 
 from jepa_lightning.callbacks.collapse import CollapseMonitor
 from jepa_lightning.callbacks.embedding_monitor import EmbeddingMonitor
 from jepa_lightning.callbacks.grad_norm import GradNormMonitor
+from jepa_lightning.callbacks.prediction_writer import EmbeddingWriter
 from jepa_lightning.callbacks.probes import KNNProbe, LinearProbe
 from jepa_lightning.callbacks.tensorboard_images import TensorBoardImages
+from jepa_lightning.callbacks.vqa import VQAEvaluator
 from jepa_lightning.callbacks.zero_shot import ZeroShotEvaluator
 
 __all__ = [
     "CollapseMonitor",
     "EmbeddingMonitor",
+    "EmbeddingWriter",
     "GradNormMonitor",
     "KNNProbe",
     "LinearProbe",
     "TensorBoardImages",
+    "VQAEvaluator",
     "ZeroShotEvaluator",
 ]

@@ -4,6 +4,14 @@ from jepa_lightning.metrics.alignment import Alignment
 from jepa_lightning.metrics.effective_rank import EffectiveRank
 from jepa_lightning.metrics.recall import CrossModalRecall
 from jepa_lightning.metrics.uniformity import Uniformity
+from jepa_lightning.metrics.vqa import VQAAccuracy
 from jepa_lightning.metrics.zero_shot import ZeroShotAccuracy
 
-__all__ = ["Alignment", "CrossModalRecall", "EffectiveRank", "Uniformity", "ZeroShotAccuracy"]
+__all__ = [
+    "Alignment",
+    "CrossModalRecall",
+    "EffectiveRank",
+    "Uniformity",
+    "VQAAccuracy",
+    "ZeroShotAccuracy",
+]
