@@ -6,8 +6,10 @@ import logging
 from typing import Any, Literal, cast
 
 import torch
+import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 
@@ -21,6 +23,7 @@ from jepa_lightning.metrics import CrossModalRecall
 from jepa_lightning.models.vl_jepa import BatchForward, VLJEPAModel
 from jepa_lightning.modules.checkpoints import (
     finite_or_raise,
+    load_core_weights,
     restore_frozen_x_encoder,
     strip_frozen_x_encoder,
     under_cli,
@@ -70,6 +73,10 @@ class VLJEPA(LightningModule):
             ``train/skipped_steps``.
         save_frozen_encoder: Keep a frozen, pretrained X-encoder's weights in checkpoints. By
             default they are left out (they reload from their recorded source).
+        init_weights: Start ``fit`` from the model-core weights of this checkpoint or export
+            folder, and nothing else: a new optimizer, schedule and step count (stage 2 from
+            stage 1). Loaded when ``fit`` sets up, so a run resumed with ``--ckpt_path``
+            and ``load_from_checkpoint`` use the checkpoint's own weights.
 
     Raises:
         ValueError: If two objectives share a name or ``on_nonfinite`` is unknown.
@@ -92,6 +99,7 @@ class VLJEPA(LightningModule):
         compile_predictor: bool = False,
         on_nonfinite: Literal["raise", "skip"] = "raise",
         save_frozen_encoder: bool = False,
+        init_weights: str | None = None,
     ) -> None:
         super().__init__()
         if on_nonfinite not in ("raise", "skip"):
@@ -123,6 +131,7 @@ class VLJEPA(LightningModule):
         self.min_lr_ratio = min_lr_ratio
         self.on_nonfinite = on_nonfinite
         self.save_frozen_encoder = save_frozen_encoder
+        self.init_weights = init_weights
         self.skipped_steps = 0
         self._skip_optimizer_step = False
         # Pair ids are caption ids: image→text ranks distinct captions (caption-level recall).
@@ -228,6 +237,12 @@ class VLJEPA(LightningModule):
             checkpoint, self.model.x_encoder, "model.x_encoder.", keep=self.save_frozen_encoder
         )
 
+    def setup(self, stage: str) -> None:
+        """Loads ``init_weights`` into the model core before ``fit`` (and any resume)."""
+        if stage == "fit" and self.init_weights is not None:
+            load_core_weights(self.model, self.init_weights, "model.init_args.init_weights")
+            rank_zero_info(f"model weights initialised from {self.init_weights}")
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restores a left-out frozen X-encoder's weights from the model just built."""
         restore_frozen_x_encoder(checkpoint, self.model.x_encoder, "model.x_encoder.")
@@ -238,7 +253,10 @@ class VLJEPA(LightningModule):
         self.log(f"{prefix}/loss", loss, batch_size=len(batch), sync_dist=True)
         predicted, target = step.retrieval
         recall.update(predicted, target, batch.pair_ids)
-        return {"image_embeddings": predicted, "text_embeddings": target}
+        outputs = {"image_embeddings": predicted, "text_embeddings": target}
+        if batch.query_ids is not None:  # ŝ given each row's query, for VQA
+            outputs["query_embeddings"] = F.normalize(step.predicted, dim=-1)
+        return outputs
 
     def _log_recall(self, recall: CrossModalRecall, prefix: str) -> None:
         scores = recall.compute()
@@ -252,7 +270,8 @@ class VLJEPA(LightningModule):
 
         Returns:
             ``image_embeddings`` (``ŝ``, empty query) and ``text_embeddings`` (``s``), unit
-            norm: what the validation callbacks read, so that they run no forward of their own.
+            norm: what the validation callbacks read, so that they run no forward of their own;
+            for a batch with queries also ``query_embeddings`` (``ŝ`` given each row's query).
         """
         return self._evaluate(batch, self.val_recall, "val")
 
@@ -272,13 +291,16 @@ class VLJEPA(LightningModule):
         """Returns the retrieval embeddings of a batch.
 
         Returns:
-            ``keys``, ``captions``, ``image_embeddings`` (``ŝ``, empty query) and
-            ``text_embeddings`` (``s``), float32 on the CPU.
+            ``keys``, ``captions`` (None for a sample without one), ``image_embeddings``
+            (``ŝ``, empty query) and ``text_embeddings`` (``s``; NaN rows for samples without
+            a caption), float32 on the CPU.
         """
         predicted, target = BatchForward(self.model, batch).retrieval
+        captioned = torch.tensor([bool(c) for c in batch.captions], device=target.device)
+        target = target.masked_fill(~captioned[:, None], float("nan"))
         return {
             "keys": batch.keys,
-            "captions": batch.captions,
+            "captions": [caption or None for caption in batch.captions],
             "image_embeddings": predicted.float().cpu(),
             "text_embeddings": target.float().cpu(),
         }
