@@ -55,6 +55,7 @@ __all__ = [
     "ShortClipRule",
     "VideoCodec",
     "encode_video",
+    "probe_video",
     "sample_frame_indices",
 ]
 
@@ -284,15 +285,7 @@ class VideoCodec:
             if stream.frames > 0:  # the container knows the length: decode only the clip
                 return self._seek_and_decode(container, stream, float(rate or 0), step)
             frames = list(container.decode(stream))
-            if not frames:
-                raise ValueError("the video has no frames")
-            # Without a frame count (webm), the stated duration tells a truncated file.
-            stated = round(container.duration / 1e6 * float(rate)) if container.duration else 0
-            if rate and len(frames) < stated - 1:
-                raise ValueError(
-                    f"truncated video: its duration states about {stated} frames, the data "
-                    f"hold {len(frames)}"
-                )
+            _check_complete(container, stream, len(frames))
             return [frames[i].to_image() for i in self._indices(len(frames), step)]
 
     def _seek_and_decode(
@@ -339,6 +332,45 @@ class VideoCodec:
         """
         frames = max(item.shape[0] for item in items)
         return torch.stack([_pad_frames(item, frames) for item in items])
+
+
+def probe_video(data: bytes) -> int:
+    """Decodes every frame of a video file, as a check that it is whole.
+
+    Args:
+        data: The file's bytes.
+
+    Returns:
+        The number of frames.
+
+    Raises:
+        ValueError: If the file is unreadable, has no video stream or frames, or holds fewer
+            frames than its container states (truncated).
+    """
+    av = _require_av()
+    with av.open(io.BytesIO(data)) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        count = sum(1 for _ in container.decode(stream))
+        _check_complete(container, stream, count)
+    return count
+
+
+def _check_complete(container: Any, stream: Any, count: int) -> None:
+    """Raises if ``count`` decoded frames are fewer than the container states (a cut file)."""
+    if count == 0:
+        raise ValueError("the video has no frames")
+    rate = float(stream.average_rate or stream.guessed_rate or 0)
+    if stream.frames > 0:
+        stated, what = stream.frames, "frame count"
+    else:  # no frame count (webm): the stated duration, within a frame
+        stated = round(container.duration / 1e6 * rate) - 1 if container.duration else 0
+        what = "duration"
+    if count < stated:
+        raise ValueError(
+            f"truncated video: its {what} states {stated} frames, the data hold {count}"
+        )
 
 
 def _pad_frames(clip: Tensor, frames: int) -> Tensor:

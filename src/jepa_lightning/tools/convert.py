@@ -1,4 +1,10 @@
-"""Convert a folder of users' images and captions into WebDataset shards with ``index.json``.
+"""Convert a folder of users' images or clips with captions into WebDataset shards + ``index.json``.
+
+Media: images (``jpg``, ``png``, ``webp``), video files (``mp4``, ``webm``, ``avi``: decoded in
+full with PyAV as a check, stored as their original bytes under their extension) and frame
+folders (a folder of images, one per frame, in natural name order: ``frame_2`` before
+``frame_10``), packed as an uncompressed ``frames.tar`` member (``000000.jpg``, ...). With
+side-car captions, ``clip/`` (a frame folder) is captioned by ``clip.txt`` beside it.
 
 Captions come from one of:
 
@@ -9,7 +15,7 @@ Captions come from one of:
 * a JSONL file (one JSON object per line) or a JSON file (a list of objects) with the same
   two fields.
 
-A row per caption: an image listed with several captions gives several samples (keys get a
+A row per caption: a file listed with several captions gives several samples (keys get a
 ``_1``, ``_2``... suffix). Images are verified by decoding them with PIL and stored as their
 original bytes (no re-encoding) under ``jpg``, ``png`` or ``webp`` according to their actual
 format; captions are stored as ``txt`` and ``{"source": <relative path>}`` as ``json``, with
@@ -29,6 +35,7 @@ import json
 import os
 import random
 import re
+import tarfile
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -38,6 +45,7 @@ from pathlib import Path
 from PIL import Image
 
 from jepa_lightning.data.index import INDEX_FILENAME
+from jepa_lightning.encoders.video import FRAMES_FIELD, VIDEO_EXTENSIONS, probe_video
 from jepa_lightning.encoders.vision import IMAGE_EXTENSIONS
 from jepa_lightning.tools.shards import TMP_SUFFIX, ShardWriter
 
@@ -54,6 +62,8 @@ SKIP_REASONS: dict[str, str] = {
     "empty_caption": "caption is empty",
     "unreadable_caption": "caption file is not UTF-8 text",
     "invalid_record": "caption file entry without an image path, or a bad side-car .json",
+    "corrupt_video": "video cannot be decoded (corrupt, truncated or no video stream)",
+    "corrupt_frames": "frame folder without images, or with an image that cannot be decoded",
 }
 """Reasons for skipping a file, as used in :attr:`ConvertReport.skipped_files`."""
 
@@ -144,6 +154,74 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower().removeprefix(".") in IMAGE_EXTENSIONS
 
 
+def _is_video(path: Path) -> bool:
+    """Whether the file's extension (any case) is one of the video formats."""
+    return path.suffix.lower().removeprefix(".") in VIDEO_EXTENSIONS
+
+
+def _is_media(path: Path) -> bool:
+    """An image or video file, or a folder (of frames)."""
+    return path.is_dir() or _is_image(path) or _is_video(path)
+
+
+def _natural_key(name: str) -> list[object]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _pack_frames(folder: Path) -> bytes:
+    """A frame folder's images, checked, as an uncompressed tar (``000000.<ext>``, ...).
+
+    Raises:
+        ValueError: If the folder holds no image or an image cannot be decoded.
+    """
+    frames = sorted(
+        (p for p in folder.iterdir() if _is_image(p)), key=lambda p: _natural_key(p.name)
+    )
+    if not frames:
+        raise ValueError(f"no images in {folder}")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for number, frame in enumerate(frames):
+            data = frame.read_bytes()
+            frame_field = _check_image(data)
+            if not frame_field:
+                raise ValueError(f"frame {frame.name} cannot be decoded")
+            info = tarfile.TarInfo(f"{number:06d}.{frame_field}")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _read_media(path: Path) -> tuple[str, bytes]:
+    """The sample field and bytes of an image, video or frame folder.
+
+    Returns:
+        ``(field, data)``; ``field`` is a skip reason of :data:`SKIP_REASONS` with empty
+        ``data`` when the file cannot be used.
+    """
+    if path.is_dir():
+        try:
+            return FRAMES_FIELD, _pack_frames(path)
+        except (OSError, ValueError):
+            return "corrupt_frames", b""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return ("corrupt_video" if _is_video(path) else "corrupt_image"), b""
+    if _is_video(path):
+        try:
+            probe_video(data)
+        except ImportError:
+            raise
+        except Exception:  # noqa: BLE001 - FFmpeg raises many kinds of errors for bad files
+            return "corrupt_video", b""
+        return path.suffix.lower().removeprefix("."), data
+    image_field = _check_image(data)
+    if image_field is None:
+        return "corrupt_image", b""
+    return (image_field or "unsupported_format"), (data if image_field else b"")
+
+
 def _relative(path: Path, root: Path) -> str:
     try:
         return path.relative_to(root).as_posix()
@@ -152,16 +230,23 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def _scan(root: Path, exclude: Path | None) -> list[Path]:
-    """All non-hidden files under ``root`` (sorted), except those under ``exclude``."""
+    """All non-hidden files under ``root`` (sorted), except those under ``exclude``.
+
+    A folder captioned by a side-car ``<folder>.txt`` is a frame folder: listed itself, not
+    its files.
+    """
     found: list[Path] = []
     for directory, subdirs, files in os.walk(root):
         here = Path(directory)
-        subdirs[:] = sorted(
+        kept = sorted(
             name
             for name in subdirs
             if not name.startswith(".") and (exclude is None or (here / name) != exclude)
         )
+        clips = [name for name in kept if (here / f"{name}.txt").is_file()]
+        subdirs[:] = [name for name in kept if name not in clips]
         found.extend(here / name for name in sorted(files) if not name.startswith("."))
+        found.extend(here / name for name in clips)
     return found
 
 
@@ -229,9 +314,7 @@ def _records_json(
             yield location, entry.get(image_column), entry.get(caption_column), extra
 
 
-def _caption_records(
-    captions: Path, image_column: str, caption_column: str
-) -> Iterator[_Record]:
+def _caption_records(captions: Path, image_column: str, caption_column: str) -> Iterator[_Record]:
     kind = _CAPTION_FORMATS.get(captions.suffix.lower())
     if kind is None:
         raise ValueError(
@@ -260,10 +343,14 @@ def _collect_sidecar(root: Path, files: list[Path], report: ConvertReport) -> li
         relative = _relative(path, root)
         if path.suffix.lower() in (".txt", ".json"):  # side-car captions and metadata
             continue
-        if not _is_image(path):
+        if not _is_media(path):
             report.skipped_files.append(("unsupported_extension", relative))
             continue
-        caption_path = path.with_suffix(".txt")
+        caption_path = (
+            path.with_name(path.stem + ".txt")
+            if path.is_file()
+            else path.with_name(path.name + ".txt")
+        )
         if not caption_path.is_file():
             alternative = path.with_name(path.name + ".txt")  # photo.jpg.txt
             if not alternative.is_file():
@@ -278,7 +365,7 @@ def _collect_sidecar(root: Path, files: list[Path], report: ConvertReport) -> li
         if not caption:
             report.skipped_files.append(("empty_caption", relative))
             continue
-        meta_path = path.with_suffix(".json")
+        meta_path = caption_path.with_suffix(".json")
         meta: object = {}
         if meta_path.is_file():
             try:
@@ -302,18 +389,16 @@ def _collect_listed(
 ) -> list[_Item]:
     items = []
     listed: set[Path] = set()
-    for location, image, caption, extra in _caption_records(
-        captions, image_column, caption_column
-    ):
+    for location, image, caption, extra in _caption_records(captions, image_column, caption_column):
         if not isinstance(image, str) or not image.strip():
             report.skipped_files.append(("invalid_record", location))
             continue
         path = (root / image.strip()).resolve()
         relative = _relative(path, root)
         listed.add(path)
-        if not _is_image(path):
+        if not path.is_dir() and not _is_media(path):
             report.skipped_files.append(("unsupported_extension", relative))
-        elif not path.is_file():
+        elif not path.exists():
             report.skipped_files.append(("missing_image", relative))
         elif caption is None:
             report.skipped_files.append(("missing_caption", relative))
@@ -321,8 +406,10 @@ def _collect_listed(
             report.skipped_files.append(("empty_caption", relative))
         else:
             items.append(_Item(path, relative, str(caption).strip(), extra))
-    for path in files:  # images in the folder that the caption file does not mention
-        if _is_image(path) and path.resolve() not in listed:
+    for path in files:  # media in the folder that the caption file does not mention
+        resolved = path.resolve()
+        in_frame_folder = any(parent in listed for parent in resolved.parents)
+        if _is_media(path) and resolved not in listed and not in_frame_folder:
             report.skipped_files.append(("missing_caption", _relative(path, root)))
     return items
 
@@ -443,17 +530,9 @@ def convert_folder(
 
             tracked = track(items, description="converting", total=len(items))
         for item in tracked:
-            try:
-                data = item.path.read_bytes()
-            except OSError:
-                report.skipped_files.append(("corrupt_image", item.relative))
-                continue
-            image_field = _check_image(data)
-            if image_field is None:
-                report.skipped_files.append(("corrupt_image", item.relative))
-                continue
-            if not image_field:
-                report.skipped_files.append(("unsupported_format", item.relative))
+            media_field, data = _read_media(item.path)
+            if not data:
+                report.skipped_files.append((media_field, item.relative))
                 continue
             base = key_from_path(item.relative)
             key, suffix = base, 0
@@ -462,7 +541,7 @@ def convert_folder(
                 key = f"{base}_{suffix}"
             used_keys.add(key)
             meta = {**item.meta, "source": item.relative}
-            writer.write_sample(key, data, item.caption, meta, image_field)
+            writer.write({"__key__": key, media_field: data, "txt": item.caption, "json": meta})
             report.written += 1
         if report.written == 0:
             raise ValueError(
