@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 
 from jepa_lightning.encoders.base import EncoderOutput
@@ -31,6 +32,10 @@ class Batch:
         query_mask: ``(B, Nq)`` boolean mask of real query tokens (all False on rows without).
         meta: Each sample's ``json`` dict (``{}`` without one).
         skipped: Unreadable samples skipped since the worker's previous batch.
+        valid: ``(B,)`` boolean mask of the rows that count, or None when every row does.
+            An evaluation batch with no readable sample of its own holds one filler row (a
+            copy of a readable sample, False here) so that every rank runs the same number
+            of steps; losses, metrics and callbacks drop it (:meth:`valid_rows`).
     """
 
     x: Any
@@ -43,10 +48,31 @@ class Batch:
     query_mask: Tensor | None = None
     meta: list[dict[str, Any]] = field(default_factory=list)
     skipped: int = 0
+    valid: Tensor | None = None
 
     def __len__(self) -> int:
         """Number of samples."""
         return len(self.keys)
+
+    def valid_rows(self) -> Batch:
+        """The batch without its filler rows.
+
+        Returns:
+            ``self`` when every row counts, else a batch of the rows whose ``valid`` is True
+            (every per-row field filtered, ``valid`` None).
+        """
+        if self.valid is None:
+            return self
+        mask = self.valid
+        keep = mask.tolist()
+
+        def rows(value: Any) -> Any:
+            if isinstance(value, list) and value:  # per-row lists; an unset ``meta`` is []
+                return [item for item, kept in zip(value, keep, strict=True) if kept]
+            return apply_to_collection(value, Tensor, lambda tensor: tensor[mask])
+
+        per_row = {f.name: rows(getattr(self, f.name)) for f in fields(self) if f.name != "valid"}
+        return replace(self, **per_row, valid=None)
 
     @property
     def cached(self) -> bool:

@@ -14,6 +14,7 @@ from jepa_lightning.data.index import INDEX_FILENAME, ShardIndex
 from jepa_lightning.tools.shards import encode_jpeg
 
 CORRUPT_IMAGE, NO_CAPTION, TRUNCATED = "corrupt_image", "no_caption", "truncated"
+EMPTY_CAPTION, NO_IMAGE = "empty_caption", "no_image"
 
 
 def image_bytes(number: int, size: int) -> bytes:
@@ -35,8 +36,9 @@ def write_shards(
         folder: Output folder.
         sizes: Samples per shard.
         image_size: Height of the images (widths vary a little).
-        bad: Global sample number -> ``CORRUPT_IMAGE``, ``NO_CAPTION`` or ``TRUNCATED`` (the
-            shard is cut in the middle of that sample's image; it must be the shard's last).
+        bad: Global sample number -> ``CORRUPT_IMAGE``, ``NO_CAPTION``, ``EMPTY_CAPTION``,
+            ``NO_IMAGE`` or ``TRUNCATED`` (the shard is cut in the middle of that sample's
+            image: it and the shard's later samples are lost).
         index: Write ``index.json`` (with the planned sizes).
 
     Returns:
@@ -60,6 +62,10 @@ def write_shards(
                     sample["jpg"] = sample["jpg"][:30]
                 elif kind == NO_CAPTION:
                     del sample["txt"]
+                elif kind == EMPTY_CAPTION:
+                    sample["txt"] = b"  "
+                elif kind == NO_IMAGE:
+                    del sample["jpg"]
                 elif kind == TRUNCATED:
                     cut_key = key
                 writer.write(sample)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -10,6 +12,7 @@ from conftest import tiny_shapes_data
 from lightning.pytorch import Trainer
 from PIL import Image
 from shard_factory import CORRUPT_IMAGE, NO_CAPTION, TRUNCATED, write_shards
+from torch import Tensor
 
 from jepa_lightning.data import PairCollator, WebDataModule
 from jepa_lightning.encoders.vision import ImageCodec
@@ -118,7 +121,33 @@ def test_training_on_corrupt_shards_skips_and_counts(tmp_path: Path, tiny_model_
     trainer.fit(model, data)
     assert trainer.global_step == 12 == trainer.num_training_batches
     assert trainer.callback_metrics["data/skipped"].item() == len(BAD)
+    assert trainer.callback_metrics["val/skipped"].item() == len(BAD)  # the same shards
     assert math.isfinite(trainer.callback_metrics["val/loss"].item())
+
+
+def test_validation_logs_the_bad_samples_of_the_pass(tmp_path: Path, tiny_model_kwargs) -> None:
+    write_shards(tmp_path, (3, 5), image_size=32, bad={0: CORRUPT_IMAGE, 1: NO_CAPTION})
+    model = VLJEPA(**tiny_model_kwargs)
+    data = WebDataModule(
+        model.batch_collator(), val_shards=str(tmp_path), val_batch_size=1, num_workers=0
+    )
+    metrics = _trainer(tmp_path).validate(model, data)[0]
+    assert metrics["val/skipped"] == 2
+    assert math.isfinite(metrics["val/loss"]) and 0 <= metrics["val/recall_mean"] <= 1
+
+
+def test_workers_start_without_fork_by_default(tmp_path: Path) -> None:
+    write_shards(tmp_path, (4,))
+    data = WebDataModule(PairCollator(ImageCodec(16)), val_shards=str(tmp_path), batch_size=2)
+    _attach(data)
+    loader = data.val_dataloader()
+    assert loader.multiprocessing_context.get_start_method() == "forkserver"
+    assert loader.timeout == 1800.0
+    assert [len(batch) for batch in loader] == [2, 2]
+    with pytest.raises(ValueError, match=r"data\.multiprocessing_context: 'threads' is not"):
+        WebDataModule(multiprocessing_context="threads")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"data\.worker_timeout must be >= 0"):
+        WebDataModule(worker_timeout=-1)
 
 
 def test_converted_folder_trains(tmp_path: Path, tiny_model_kwargs) -> None:
@@ -151,3 +180,32 @@ def test_shapes_loaders_know_their_length(shapes_root: Path, tiny_model_kwargs) 
     _attach(data, world_size=2)
     assert len(data.train_dataloader()) == 256 // (16 * 2)
     assert len(data.val_dataloader()) == 2  # 32 samples per rank
+
+
+@dataclass(frozen=True)
+class StuckImageCodec(ImageCodec):
+    """A codec whose worker never delivers (as a worker stuck reading a shard)."""
+
+    def decode(self, data: bytes) -> Tensor:
+        time.sleep(120)
+        return super().decode(data)
+
+
+def test_a_stuck_worker_ends_the_pass_naming_the_rank(tmp_path: Path, tiny_model_kwargs) -> None:
+    write_shards(tmp_path, (4,), image_size=32)
+    model = VLJEPA(**tiny_model_kwargs)
+    collator = replace(model.batch_collator(), x=StuckImageCodec(32))
+    data = WebDataModule(
+        collator,
+        val_shards=str(tmp_path),
+        batch_size=2,
+        num_workers=1,
+        multiprocessing_context="fork",  # a quick start; the wait is what is tested
+        worker_timeout=2,
+    )
+    with pytest.raises(
+        RuntimeError,
+        match=r"rank 0 of 1 waited longer than data\.worker_timeout for a batch from its data "
+        r"loader workers during validate \(epoch 0, global step 0\)",
+    ):
+        _trainer(tmp_path).validate(model, data)

@@ -5,7 +5,14 @@ from pathlib import Path
 
 import pytest
 from conftest import TOKENIZER
-from shard_factory import CORRUPT_IMAGE, NO_CAPTION, TRUNCATED, write_shards
+from shard_factory import (
+    CORRUPT_IMAGE,
+    EMPTY_CAPTION,
+    NO_CAPTION,
+    NO_IMAGE,
+    TRUNCATED,
+    write_shards,
+)
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
@@ -39,7 +46,8 @@ def _run(stream: ShardStream, epoch: int = 0) -> list[Batch]:
 
 
 def _keys(batches: list[Batch]) -> list[str]:
-    return [key for batch in batches for key in batch.keys]
+    """The keys of the rows that count (no evaluation filler row)."""
+    return [key for batch in batches for key in batch.valid_rows().keys]
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +147,17 @@ def test_resampled_mode_equal_batches_and_weights(
     assert _keys(_run(again)) == _keys(_run(only_last))  # seeded
 
 
-@pytest.mark.parametrize(("world", "batch_size"), [(1, 16), (2, 16), (3, 8), (2, 1)])
+def _check_eval_batches(batches: list[Batch], batch_size: int) -> None:
+    """At most batch_size rows; a batch with no sample of its own holds one filler row."""
+    for batch in batches:
+        assert 1 <= len(batch) <= batch_size
+        if batch.valid is not None:
+            assert len(batch) == 1 and not batch.valid.any() and len(batch.valid_rows()) == 0
+
+
+@pytest.mark.parametrize(
+    ("world", "batch_size"), [(1, 16), (2, 16), (3, 8), (2, 1), (3, 1), (3, 2)]
+)
 def test_eval_mode_covers_every_sample_once_in_equal_steps(
     shards: list[Shard], collator: PairCollator, world: int, batch_size: int
 ) -> None:
@@ -150,7 +168,8 @@ def test_eval_mode_covers_every_sample_once_in_equal_steps(
         batches = _run(stream)
         lengths.append(len(batches))
         assert len(batches) == len(stream)
-        assert all(1 <= len(b) <= max(batch_size, 2) for b in batches)
+        _check_eval_batches(batches, batch_size)
+        assert sum(b.skipped for b in batches) == 0
         keys += _keys(batches)
     assert len(set(lengths)) == 1
     assert keys == [f"s{n:05d}" for n in range(sum(SIZES))]  # in order, each once
@@ -164,9 +183,15 @@ def test_eval_mode_with_workers(shards: list[Shard], collator: PairCollator) -> 
     assert sorted(keys) == [f"s{n:05d}" for n in range(35, 70)]
 
 
-def test_eval_needs_a_sample_per_rank(collator: PairCollator) -> None:
-    with pytest.raises(ValueError, match="2 evaluation samples cannot be shared by 3 ranks"):
-        ShardStream([Shard("a", 2)], collator, 4, "eval", world_size=3)
+def test_eval_with_fewer_samples_than_ranks(tmp_path: Path, collator: PairCollator) -> None:
+    write_shards(tmp_path, (2,))
+    few = resolve_shards(str(tmp_path))
+    per_rank = [_run(ShardStream(few, collator, 4, "eval", rank=r, world_size=3)) for r in range(3)]
+    assert [len(batches) for batches in per_rank] == [1, 1, 1]
+    assert [_keys(batches) for batches in per_rank] == [[], ["s00000"], ["s00001"]]
+    assert per_rank[0][0].keys == ["s00000"]  # the filler: the set's first readable sample
+    with pytest.raises(ValueError, match="hold no sample"):
+        ShardStream([Shard("a", 0)], collator, 4, "eval", world_size=3)
 
 
 BAD = {6: CORRUPT_IMAGE, 20: NO_CAPTION, 69: TRUNCATED}
@@ -179,15 +204,60 @@ def broken(tmp_path_factory: pytest.TempPathFactory) -> list[Shard]:
     return resolve_shards(str(folder))
 
 
-def test_eval_skips_and_counts_bad_samples(broken: list[Shard], collator: PairCollator) -> None:
-    for world in (1, 2):
-        skipped, keys = 0, []
-        for rank in range(world):
-            batches = _run(ShardStream(broken, collator, 8, "eval", rank=rank, world_size=world))
-            skipped += sum(b.skipped for b in batches)
-            keys += _keys(batches)
-        assert skipped == len(BAD)
-        assert keys == [f"s{n:05d}" for n in range(sum(SIZES)) if n not in BAD]
+# Shards made outside the project: uneven sizes, every kind of bad sample, one shard cut inside
+# its last member and one cut in the middle (the index still lists the samples it lost).
+ACCEPTANCE_SIZES = (3, 41, 17, 9)
+ACCEPTANCE_BAD = {1: CORRUPT_IMAGE, 10: NO_CAPTION, 30: EMPTY_CAPTION, 50: NO_IMAGE}
+ACCEPTANCE_BAD |= {60: TRUNCATED, 66: TRUNCATED}
+ACCEPTANCE_LOST = {*ACCEPTANCE_BAD, 67, 68, 69}
+ACCEPTANCE_GOOD = [f"s{n:05d}" for n in range(70) if n not in ACCEPTANCE_LOST]
+
+
+@pytest.fixture(scope="module")
+def acceptance(tmp_path_factory: pytest.TempPathFactory) -> list[Shard]:
+    folder = tmp_path_factory.mktemp("acceptance")
+    write_shards(folder, ACCEPTANCE_SIZES, bad=ACCEPTANCE_BAD)
+    return resolve_shards(str(folder))
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("batch_size", [1, 2, 8, 64])
+def test_eval_reads_each_good_sample_once_and_counts_every_bad_one(
+    acceptance: list[Shard], collator: PairCollator, world: int, batch_size: int
+) -> None:
+    keys: list[str] = []
+    skipped, lengths = 0, set()
+    for rank in range(world):
+        stream = ShardStream(acceptance, collator, batch_size, "eval", rank=rank, world_size=world)
+        batches = _run(stream)
+        _check_eval_batches(batches, batch_size)
+        lengths.add(len(batches))
+        skipped += sum(b.skipped for b in batches)
+        keys += _keys(batches)
+    assert len(lengths) == 1
+    assert keys == ACCEPTANCE_GOOD  # in order: each good sample once, no bad one
+    assert skipped == len(ACCEPTANCE_LOST)
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+def test_eval_workers_started_without_fork(
+    acceptance: list[Shard], collator: PairCollator, start_method: str
+) -> None:
+    keys: list[str] = []
+    skipped = 0
+    for rank in range(2):
+        stream = ShardStream(acceptance, collator, 1, "eval", rank=rank, world_size=2)
+        loader = DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=2,
+            multiprocessing_context=start_method,
+        )
+        batches = list(loader)
+        assert len(batches) == len(stream) == 35
+        skipped += sum(b.skipped for b in batches)
+        keys += _keys(batches)
+    assert sorted(keys) == ACCEPTANCE_GOOD and skipped == len(ACCEPTANCE_LOST)
 
 
 def test_epoch_mode_replaces_bad_samples(broken: list[Shard], collator: PairCollator) -> None:
@@ -201,11 +271,19 @@ def test_epoch_mode_replaces_bad_samples(broken: list[Shard], collator: PairColl
         assert len(keys) == sum(SIZES) - len(BAD)
 
 
-def test_eval_batch_of_only_bad_samples_borrows(tmp_path: Path, collator: PairCollator) -> None:
+def test_eval_batch_of_only_bad_samples_holds_a_filler(
+    tmp_path: Path, collator: PairCollator
+) -> None:
     write_shards(tmp_path, (6,), bad={0: CORRUPT_IMAGE, 1: NO_CAPTION})
     stream = ShardStream(resolve_shards(str(tmp_path)), collator, 2, "eval")
     batches = _run(stream)
-    assert [b.keys for b in batches] == [["s00002"], ["s00003"], ["s00004", "s00005"]]
+    # The filler copies the next readable sample and counts nowhere.
+    assert [b.keys for b in batches] == [["s00002"], ["s00002", "s00003"], ["s00004", "s00005"]]
+    assert [b.valid_rows().keys for b in batches] == [
+        [],
+        ["s00002", "s00003"],
+        ["s00004", "s00005"],
+    ]
     assert [b.skipped for b in batches] == [2, 0, 0]
 
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY_LLAMA, TINY_VIT, TOKENIZER, tiny_shapes_data
 from lightning.pytorch import Callback, LightningModule, Trainer
+from torch.utils.data import DataLoader
 
 from jepa_lightning.batch import Batch
 from jepa_lightning.encoders import TextEncoder, VisionEncoder
@@ -274,3 +275,26 @@ def test_validation_step_returns_the_retrieval_embeddings(tiny_model_kwargs, que
     torch.testing.assert_close(outputs["image_embeddings"], images)
     torch.testing.assert_close(outputs["text_embeddings"], texts)
     assert model.val_recall.update_count == 1
+
+
+def test_filler_rows_count_nowhere(tiny_model_kwargs) -> None:
+    """An evaluation batch's filler row (``valid`` False) changes no logged value or output."""
+    model = VLJEPA(**tiny_model_kwargs)
+    good = [batch_of(model, 4), batch_of(model, 3)]
+    filler = batch_of(model, 1)
+    filler.valid, filler.skipped = torch.zeros(1, dtype=torch.bool), 2
+
+    def trainer() -> Trainer:
+        return Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+
+    def validate(batches: list[Batch]) -> dict[str, float]:
+        return trainer().validate(model, DataLoader(batches, batch_size=None), verbose=False)[0]
+
+    with_filler, without = validate([good[0], filler, good[1]]), validate(good)
+    assert with_filler.pop("val/skipped") == 2 and without.pop("val/skipped") == 0
+    assert with_filler == pytest.approx(without)  # loss and recall of the 7 good rows alone
+    outputs = trainer().predict(model, DataLoader([filler, *good], batch_size=None))
+    assert outputs is not None
+    assert [key for out in outputs for key in out["keys"]] == good[0].keys + good[1].keys
+    assert outputs[0]["image_embeddings"].shape == (0, 16)
+    assert model.predict_skipped == 2

@@ -99,6 +99,7 @@ class TensorBoardImages(Callback):
         take = self.max_samples - len(self._captions)
         if not self._active or take <= 0:
             return
+        batch = batch.valid_rows()  # the rows of the outputs
         predicted, texts = validation_embeddings(outputs, type(self).__name__)
         x_encoder = require_vl_jepa(pl_module, type(self).__name__).model.x_encoder
         pictures = None if batch.cached else x_encoder.thumbnails(batch.x, self.tile_size)

@@ -56,7 +56,8 @@ def validation_embeddings(outputs: Any, callback: str) -> tuple[Tensor, Tensor]:
         callback: The callback's name, for the error message.
 
     Returns:
-        ``(B, D)`` unit-norm image and caption embeddings.
+        ``(B, D)`` unit-norm image and caption embeddings of the rows that count, those of
+        ``batch.valid_rows()`` (an evaluation batch's filler row is left out).
 
     Raises:
         TypeError: If the step returned no embeddings.

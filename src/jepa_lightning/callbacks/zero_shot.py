@@ -106,7 +106,7 @@ class ZeroShotEvaluator(Callback):
     ) -> None:
         """Classifies the batch's images for every task."""
         images, _ = validation_embeddings(outputs, type(self).__name__)
-        metas = batch.meta or [{}] * images.shape[0]
+        metas = batch.valid_rows().meta or [{}] * images.shape[0]  # the rows of the outputs
         for task, metric in self.metrics.items():
             metric.update(images, self.labels(metas, task).to(images.device))
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
@@ -17,9 +18,11 @@ from jepa_lightning.data.pipeline import (
     Shard,
     ShardSource,
     ShardStream,
+    collated,
     count_samples,
     resolve_shards,
 )
+from jepa_lightning.timeouts import explain_timeout
 from jepa_lightning.tools.shapes import ShapesSpec, ensure_shapes_shards
 
 log = logging.getLogger(__name__)
@@ -27,9 +30,47 @@ log = logging.getLogger(__name__)
 # Every rank's loader yields exactly len() batches whatever the workers (see pipeline).
 warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
+StartMethod = Literal["forkserver", "spawn", "fork"]
 
-def _as_is(batch: Any) -> Any:
-    return batch
+
+def worker_start_method(method: StartMethod | None) -> StartMethod:
+    """The start method of loader workers: ``forkserver`` where the platform has it.
+
+    ``fork`` copies the parent process, locks included: forked from a process that already
+    runs threads (the progress bar's, the logger's, the process group's), a worker can
+    deadlock before its first batch and leave its rank, and so every rank, waiting forever.
+    ``forkserver`` forks workers from a single-threaded server process started once per
+    rank; ``spawn`` starts each worker as a fresh interpreter (slower to start).
+
+    Args:
+        method: The configured method, or None for the default.
+
+    Returns:
+        The method.
+
+    Raises:
+        ValueError: If the platform does not offer ``method``.
+    """
+    available = multiprocessing.get_all_start_methods()
+    if method is None:
+        return "forkserver" if "forkserver" in available else "spawn"
+    if method not in available:
+        raise ValueError(
+            f"data.multiprocessing_context: {method!r} is not available here; choose one of "
+            f"{', '.join(available)}"
+        )
+    return method
+
+
+def _preload_in_forkserver(stream: ShardStream) -> None:
+    """Imports what a worker needs once, in the forkserver, rather than in every worker.
+
+    Only takes effect before the rank's forkserver starts (its first loader); ``__main__``
+    stays preloaded, as by default.
+    """
+    codecs = [stream.collator.x, stream.collator.text]
+    modules = {type(stream).__module__, *(type(c).__module__ for c in codecs if c is not None)}
+    multiprocessing.get_context("forkserver").set_forkserver_preload(["__main__", *sorted(modules)])
 
 
 class EpochDataLoader(DataLoader):
@@ -54,7 +95,7 @@ class EpochDataLoader(DataLoader):
         resume_batches_of: Callable[[], int] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(dataset, batch_size=None, collate_fn=_as_is, **kwargs)
+        super().__init__(dataset, batch_size=None, collate_fn=collated, **kwargs)
         self.epoch_of = epoch_of
         self.resume_batches_of = resume_batches_of
 
@@ -108,6 +149,14 @@ class WebDataModule(LightningDataModule):
         seed: Base seed of shard and sample shuffling; the epoch is mixed in.
         pin_memory: Pin batches in page-locked memory (GPU training).
         persistent_workers: Keep workers alive between epochs.
+        multiprocessing_context: How loader workers start: ``"forkserver"`` (default where
+            available, else ``"spawn"``), ``"spawn"`` or ``"fork"``. ``fork`` starts fastest
+            but can deadlock a worker forked while the process runs threads (as a DDP rank
+            does), which stops every rank. With ``forkserver`` and ``spawn`` a script that
+            builds loaders must guard its entry point (``if __name__ == "__main__":``).
+        worker_timeout: Seconds a rank waits for a batch from its workers before it fails,
+            naming itself (0 waits forever). Like the DDP strategy's ``timeout`` for
+            collectives, it ends a run whose rank is stuck instead of leaving it hanging.
     """
 
     def __init__(
@@ -125,10 +174,14 @@ class WebDataModule(LightningDataModule):
         seed: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        multiprocessing_context: StartMethod | None = None,
+        worker_timeout: float = 1800.0,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        if worker_timeout < 0:
+            raise ValueError(f"data.worker_timeout must be >= 0, got {worker_timeout}")
         if train_weights is not None:
             if isinstance(train_shards, str) or len(train_weights) != len(train_shards or []):
                 raise ValueError(
@@ -152,6 +205,8 @@ class WebDataModule(LightningDataModule):
         self.seed = seed
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
+        self.multiprocessing_context = worker_start_method(multiprocessing_context)
+        self.worker_timeout = worker_timeout
         self._val_shards: list[Shard] | None = None
 
     def _collator(self, shards: list[Shard], name: str) -> PairCollator:
@@ -173,14 +228,39 @@ class WebDataModule(LightningDataModule):
         return self.trainer.global_rank, self.trainer.world_size
 
     def _loader(self, stream: ShardStream, train: bool = False) -> EpochDataLoader:
+        workers: dict[str, Any] = {}
+        if self.num_workers > 0:
+            if self.multiprocessing_context == "forkserver":
+                _preload_in_forkserver(stream)
+            workers = {
+                "multiprocessing_context": self.multiprocessing_context,
+                "timeout": self.worker_timeout,
+                "persistent_workers": self.persistent_workers,
+            }
         return EpochDataLoader(
             stream,
             epoch_of=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
             resume_batches_of=self._batches_done_this_epoch if train else None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
+            **workers,
         )
+
+    def on_exception(self, exception: BaseException) -> None:
+        """Says which rank waited, where, and for what, when a wait timed out.
+
+        A collective that another rank never reached (the DDP strategy's ``timeout``) and a
+        loader whose workers sent nothing (``worker_timeout``) end the run with that error.
+        """
+        if self.trainer is None:
+            return
+        trainer = self.trainer
+        stage = trainer.state.stage or trainer.state.fn
+        during = (
+            f"{stage.value if stage is not None else 'setup'} (epoch {trainer.current_epoch}, "
+            f"global step {trainer.global_step})"
+        )
+        explain_timeout(exception, trainer.global_rank, trainer.world_size, during)
 
     def _batches_done_this_epoch(self) -> int:
         # Restored from the checkpoint when a run resumes; 0 at the start of an epoch.

@@ -12,13 +12,18 @@ Three kinds of stream, all yielding exactly the same number of batches on every 
   shuffle. Without sizes, whole shards are dealt round-robin by rank, then by worker, and each
   worker cycles through its shards until its quota is met.
 * ``eval``: no shuffling; the samples, in order, are cut into near-equal contiguous runs per
-  rank (sizes differ by at most one), each split into the same number of near-equal batches.
+  rank (sizes differ by at most one), each split into the same number of near-equal batches
+  of at most ``batch_size`` samples. Every readable sample is evaluated exactly once, at any
+  batch size and number of ranks.
 
-A sample that cannot be read or decoded is skipped, counted (``batch.skipped``: skips since
-the worker's previous batch) and logged with its shard and key. In training the worker reads
-on (cycling its range in epoch mode) to fill its quota; in evaluation a batch whose every
-sample is unreadable borrows the next readable sample of the worker, or repeats the previous
-one at the end, so the ranks stay in step.
+A sample that cannot be read or decoded is skipped, counted (``batch.skipped``) and logged
+with its shard and key. In training the worker reads on (cycling its range in epoch mode) to
+fill its quota; ``skipped`` counts the skips since the worker's previous batch. In evaluation
+``skipped`` is exact: the samples the index lists for the batch that it does not hold
+(unreadable, or missing from a shard cut short). A batch left with no readable sample of its
+own (all of its samples bad, or a rank with fewer samples than the others) holds one filler
+row instead, a copy of a readable sample marked invalid (``batch.valid``), which no loss,
+metric or output counts: the ranks stay in step without evaluating any sample twice.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.shardlists import expand_urls
@@ -199,9 +205,9 @@ def take_samples(shards: Sequence[Shard], start: int, count: int) -> list[ShardR
 def eval_batches_per_rank(num_samples: int, world_size: int, batch_size: int) -> int:
     """The number of batches every rank yields in evaluation.
 
-    Each rank gets ``num_samples // world_size`` or one more samples, split into this many
-    near-equal batches of at most ``batch_size`` (one more when ``batch_size`` is 1 and the
-    samples do not divide evenly over the ranks).
+    Each rank gets ``num_samples // world_size`` or one more samples; the largest share is
+    split into this many batches of at most ``batch_size``, and every other share into as
+    many (a rank with fewer samples than batches fills the rest with filler batches).
 
     Args:
         num_samples: Samples in the evaluation set.
@@ -212,15 +218,11 @@ def eval_batches_per_rank(num_samples: int, world_size: int, batch_size: int) ->
         The batch count, the same on every rank.
 
     Raises:
-        ValueError: If some rank would get no sample.
+        ValueError: If the evaluation set holds no sample.
     """
-    fewest = num_samples // world_size
-    if fewest == 0:
-        raise ValueError(
-            f"{num_samples} evaluation samples cannot be shared by {world_size} ranks "
-            "(each rank needs at least one)"
-        )
-    return min(math.ceil(math.ceil(num_samples / world_size) / batch_size), fewest)
+    if num_samples == 0:
+        raise ValueError("the evaluation shards hold no sample")
+    return math.ceil(math.ceil(num_samples / world_size) / batch_size)
 
 
 class _Skips:
@@ -249,6 +251,21 @@ class _Skips:
     def take(self) -> int:
         count, self.count = self.count, 0
         return count
+
+
+def collated(batch: Any) -> Any:
+    """The collate function of a loader over a :class:`ShardStream`: batches come collated.
+
+    It lives here, beside the stream, so that a loader worker started by ``spawn`` or
+    ``forkserver`` imports only this module's light dependencies, not Lightning.
+
+    Args:
+        batch: A batch of the stream.
+
+    Returns:
+        ``batch``.
+    """
+    return batch
 
 
 class ShardStream(IterableDataset):
@@ -438,31 +455,49 @@ class ShardStream(IterableDataset):
         first, last = share(self.batches_per_rank, workers, worker)
         if first == last:
             return
-        ends = [(j + 1) * size // self.batches_per_rank for j in range(first, last)]
-        start = first * size // self.batches_per_rank
-        ranges = take_samples(self.shards, rank_start + start, ends[-1] - start)
+        # Batch j holds the rank's samples [bounds[j], bounds[j + 1]); may be empty.
+        bounds = [j * size // self.batches_per_rank for j in range(first, last + 1)]
+        start, planned = bounds[0], bounds[-1] - bounds[0]
+        ranges = take_samples(self.shards, rank_start + start, planned) if planned else []
         skips = _Skips()
         readable = self._decoded(
             (sample for shard in ranges for sample in self._read(shard, skips)), skips
         )
         upcoming = next(readable, None)
-        previous: dict[str, Any] | None = None
-        for end in ends:
+        filler: dict[str, Any] | None = None
+        for low, high in itertools.pairwise(bounds):
             batch: list[dict[str, Any]] = []
-            # A batch with no readable sample of its own borrows the next one.
-            while upcoming is not None and (upcoming[0] < end - start or not batch):
+            while upcoming is not None and upcoming[0] < high - start:
                 batch.append(upcoming[1])
                 upcoming = next(readable, None)
-            if not batch:
-                if previous is None:
-                    raise RuntimeError(
-                        f"no readable evaluation sample for rank {self.rank}, worker {worker} "
-                        f"in {', '.join(sorted({r.url for r in ranges}))}"
-                    )
-                log.warning("evaluation batch has no readable sample; repeating the last one")
-                batch = [previous]
-            previous = batch[-1]
-            yield self._collate(batch, skips.take())
+            skipped = high - low - len(batch)  # listed in the index, not readable
+            if batch:
+                filler = batch[-1]
+                yield self._collate(batch, skipped)
+                continue
+            if filler is None:
+                filler = upcoming[1] if upcoming is not None else self._first_readable()
+            filled = self._collate([filler], skipped)
+            filled.valid = torch.zeros(1, dtype=torch.bool)
+            yield filled
+
+    def _first_readable(self) -> dict[str, Any]:
+        """The first readable sample of the set: the filler of a worker with none of its own.
+
+        Raises:
+            RuntimeError: If no shard holds a readable sample.
+        """
+        for shard in self.shards:
+            samples = tarfile_samples([{"url": shard.url}], handler=wds.ignore_and_continue)
+            for sample in samples:
+                try:
+                    return self.collator.decode_sample(sample)
+                except SampleError:
+                    continue
+        raise RuntimeError(
+            f"no readable evaluation sample in any of the {len(self.shards)} shards, "
+            f"e.g. {self.shards[0].url!r}"
+        )
 
     def _collate(self, samples: list[dict[str, Any]], skipped: int) -> Batch:
         return self.collator.collate(samples, skipped)

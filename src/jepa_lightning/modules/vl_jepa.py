@@ -133,6 +133,7 @@ class VLJEPA(LightningModule):
         self.save_frozen_encoder = save_frozen_encoder
         self.init_weights = init_weights
         self.skipped_steps = 0
+        self.predict_skipped = 0
         self._skip_optimizer_step = False
         # Pair ids are caption ids: image→text ranks distinct captions (caption-level recall).
         self.val_recall = CrossModalRecall(top_k=recall_top_k, distinct_texts=True)
@@ -186,15 +187,7 @@ class VLJEPA(LightningModule):
         groups = self.trainer.optimizers[0].param_groups
         logged.update({f"lr/{g['name']}": g["lr"] for g in groups})
         self.log_dict(logged, batch_size=size)
-        self.log(
-            "data/skipped",
-            float(batch.skipped),
-            on_step=False,
-            on_epoch=True,
-            reduce_fx="sum",
-            sync_dist=True,
-            batch_size=size,
-        )
+        self._log_skipped("data/skipped", batch)
         self.log("loss", losses["loss"], prog_bar=True, logger=False, batch_size=size)
         return losses["loss"]
 
@@ -247,15 +240,38 @@ class VLJEPA(LightningModule):
         """Restores a left-out frozen X-encoder's weights from the model just built."""
         restore_frozen_x_encoder(checkpoint, self.model.x_encoder, "model.x_encoder.")
 
+    def _log_skipped(self, name: str, batch: Batch) -> None:
+        """Logs the epoch's count of unreadable samples, summed over ranks."""
+        self.log(
+            name,
+            float(batch.skipped),
+            on_step=False,
+            on_epoch=True,
+            reduce_fx="sum",
+            sync_dist=True,
+            batch_size=len(batch),
+        )
+
+    @staticmethod
+    def _valid_retrieval(step: BatchForward) -> tuple[Tensor, Tensor]:
+        """The retrieval embeddings of the rows that count (an evaluation filler row dropped)."""
+        predicted, target = step.retrieval
+        valid = step.batch.valid
+        return (predicted, target) if valid is None else (predicted[valid], target[valid])
+
     def _evaluate(self, batch: Batch, recall: CrossModalRecall, prefix: str) -> dict[str, Tensor]:
         step = BatchForward(self.model, batch)
         loss = self.compute_losses(step)["loss"]
-        self.log(f"{prefix}/loss", loss, batch_size=len(batch), sync_dist=True)
-        predicted, target = step.retrieval
-        recall.update(predicted, target, batch.pair_ids)
+        rows = batch.valid_rows()
+        # A filler row only keeps the ranks in step: its loss weighs 0 in the epoch's mean.
+        self.log(f"{prefix}/loss", loss, batch_size=len(rows), sync_dist=True)
+        self._log_skipped(f"{prefix}/skipped", batch)
+        predicted, target = self._valid_retrieval(step)
+        recall.update(predicted, target, rows.pair_ids)
         outputs = {"image_embeddings": predicted, "text_embeddings": target}
         if batch.query_ids is not None:  # ŝ given each row's query, for VQA
-            outputs["query_embeddings"] = F.normalize(step.predicted, dim=-1)
+            query = F.normalize(step.predicted, dim=-1)
+            outputs["query_embeddings"] = query if batch.valid is None else query[batch.valid]
         return outputs
 
     def _log_recall(self, recall: CrossModalRecall, prefix: str) -> None:
@@ -266,12 +282,15 @@ class VLJEPA(LightningModule):
         recall.reset()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
-        """Accumulates validation embeddings for recall@k and logs the loss.
+        """Accumulates validation embeddings for recall@k; logs the loss and the skip count.
+
+        ``val/skipped`` is the number of unreadable samples of the pass, over all ranks.
 
         Returns:
             ``image_embeddings`` (``ŝ``, empty query) and ``text_embeddings`` (``s``), unit
-            norm: what the validation callbacks read, so that they run no forward of their own;
-            for a batch with queries also ``query_embeddings`` (``ŝ`` given each row's query).
+            norm, of the rows that count (``batch.valid_rows()``): what the validation
+            callbacks read, so that they run no forward of their own; for a batch with
+            queries also ``query_embeddings`` (``ŝ`` given each row's query).
         """
         return self._evaluate(batch, self.val_recall, "val")
 
@@ -280,30 +299,49 @@ class VLJEPA(LightningModule):
         self._log_recall(self.val_recall, "val")
 
     def test_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
-        """Accumulates test embeddings for recall@k and logs the loss; returns them."""
+        """Accumulates test embeddings for recall@k, logs the loss and ``test/skipped``."""
         return self._evaluate(batch, self.test_recall, "test")
 
     def on_test_epoch_end(self) -> None:
         """Logs input→text and text→input recall@k over the whole test set."""
         self._log_recall(self.test_recall, "test")
 
+    def on_predict_epoch_start(self) -> None:
+        """Starts the pass's count of unreadable samples."""
+        self.predict_skipped = 0
+
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
-        """Returns the retrieval embeddings of a batch.
+        """Returns the retrieval embeddings of a batch's rows that count.
 
         Returns:
             ``keys``, ``captions`` (None for a sample without one), ``image_embeddings``
             (``ŝ``, empty query) and ``text_embeddings`` (``s``; NaN rows for samples without
             a caption), float32 on the CPU.
         """
-        predicted, target = BatchForward(self.model, batch).retrieval
-        captioned = torch.tensor([bool(c) for c in batch.captions], device=target.device)
+        self.predict_skipped += batch.skipped
+        predicted, target = self._valid_retrieval(BatchForward(self.model, batch))
+        rows = batch.valid_rows()
+        captioned = torch.tensor(
+            [bool(c) for c in rows.captions], dtype=torch.bool, device=target.device
+        )
         target = target.masked_fill(~captioned[:, None], float("nan"))
         return {
-            "keys": batch.keys,
-            "captions": [caption or None for caption in batch.captions],
+            "keys": rows.keys,
+            "captions": [caption or None for caption in rows.captions],
             "image_embeddings": predicted.float().cpu(),
             "text_embeddings": target.float().cpu(),
         }
+
+    def on_predict_epoch_end(self) -> None:
+        """Sums the pass's unreadable samples over ranks into ``predict_skipped``; logs it.
+
+        ``predict/skipped`` goes to the loggers and to the console (rank 0).
+        """
+        count = torch.tensor(float(self.predict_skipped), device=self.device)
+        self.predict_skipped = int(self.trainer.strategy.reduce(count, reduce_op="sum").item())
+        for logger in self.loggers:
+            logger.log_metrics({"predict/skipped": self.predict_skipped}, step=self.global_step)
+        rank_zero_info(f"predict: {self.predict_skipped} unreadable samples skipped")
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Optimizer parameter groups: per-encoder learning-rate multipliers, no decay on 1-D.
