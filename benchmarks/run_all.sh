@@ -53,6 +53,7 @@ run bench_lightning_overhead.py
 run bench_recall.py
 run bench_data_pipeline.py
 run bench_feature_cache.py
+run bench_video_decode.py
 run bench_info_nce.py
 if [[ "${LEARNING:-1}" == 1 ]]; then
     run bench_learning.py

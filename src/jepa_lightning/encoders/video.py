@@ -277,7 +277,6 @@ class VideoCodec:
             if not container.streams.video:
                 raise ValueError("no video stream")
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
             rate = stream.average_rate or stream.guessed_rate
             if self.fps is not None and not rate:
                 raise ValueError(f"the video states no frame rate to sample at fps={self.fps}")
