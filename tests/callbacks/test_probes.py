@@ -50,6 +50,10 @@ def test_label_indices() -> None:
     assert label_indices(metas, "shape", ["circle", "square"]).tolist() == [1, -1, -1, -1]
     with pytest.raises(ValueError, match="'star'"):
         label_indices([{"labels": {"shape": "star"}}], "shape", ["circle", "square"])
+    # A task given by its number of classes reads class indices (ImageNet-style labels).
+    assert label_indices([{"labels": {"class": 3}}, {}], "class", 5).tolist() == [3, -1]
+    with pytest.raises(ValueError, match="index below 5"):
+        label_indices([{"labels": {"class": 7}}], "class", 5)
 
 
 def test_probes_need_tasks_of_two_classes() -> None:

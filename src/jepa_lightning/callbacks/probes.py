@@ -4,8 +4,9 @@
 the features that each training and validation step of the pretraining module returns
 (``outputs["features"]``, ``(B, D)``: for :class:`~jepa_lightning.modules.IJEPA`, the target
 encoder's mean-pooled features, computed without gradient), and labels from each sample's
-``json``: ``meta["labels"][task]``, a class name (the shapes set writes ``shape``, ``colour``
-and ``position``; a missing or None label leaves the sample out of that task).
+``json``: ``meta["labels"][task]``, a class name, or a class index for a task given as a
+number of classes (the shapes set writes ``shape``, ``colour`` and ``position`` names; a
+missing or None label leaves the sample out of that task).
 
 Each probe logs ``probe/<kind>/<task>/top1`` over the whole validation set (synced across
 ranks) and ``probe/<kind>/mean``, the mean over the tasks: a ``ModelCheckpoint`` can monitor it
@@ -27,29 +28,40 @@ from torch import Tensor, nn
 from torchmetrics import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+Classes = list[str] | int
+"""A task's class names (labels are names), or its number of classes (labels are indices)."""
 
-def label_indices(metas: Sequence[Any], task: str, class_names: Sequence[str]) -> Tensor:
+
+def label_indices(metas: Sequence[Any], task: str, classes: Classes) -> Tensor:
     """Class indices of a batch for one task, ``-1`` where a sample has no label.
 
     Args:
-        metas: The samples' metadata dicts (``meta["labels"][task]`` is a class name).
+        metas: The samples' metadata dicts (``meta["labels"][task]`` is the label).
         task: The task.
-        class_names: The task's classes, in index order.
+        classes: The task's class names in index order, or its number of classes (then the
+            labels are indices).
 
     Returns:
         ``(B,)`` int64 class indices.
 
     Raises:
-        ValueError: If a label is not one of the task's class names.
+        ValueError: If a label is not one of the task's classes.
     """
-    index = {name: i for i, name in enumerate(class_names)}
+    names = range(classes) if isinstance(classes, int) else classes
+    index = {name: i for i, name in enumerate(names)}
     labels = []
     for meta in metas:
         label = meta.get("labels", {}).get(task) if isinstance(meta, dict) else None
         if label is not None and label not in index:
-            raise ValueError(f"label {label!r} of task {task!r} is not one of {list(class_names)}")
+            shown = f"an index below {classes}" if isinstance(classes, int) else list(classes)
+            raise ValueError(f"label {label!r} of task {task!r} is not {shown}")
         labels.append(-1 if label is None else index[label])
     return torch.tensor(labels, dtype=torch.int64)
+
+
+def num_classes(classes: Classes) -> int:
+    """The number of classes of a task given by names or by count."""
+    return classes if isinstance(classes, int) else len(classes)
 
 
 def step_tensor(outputs: Any, key: str, callback: str) -> Tensor:
@@ -129,20 +141,20 @@ class _OnlineProbe(Callback):
 
     kind: ClassVar[str]
 
-    def __init__(self, tasks: dict[str, list[str]]) -> None:
-        if not tasks or any(len(names) < 2 for names in tasks.values()):
+    def __init__(self, tasks: dict[str, Classes]) -> None:
+        if not tasks or any(num_classes(classes) < 2 for classes in tasks.values()):
             raise ValueError(f"tasks need at least one task of at least 2 classes, got {tasks}")
-        self.tasks = {task: list(names) for task, names in tasks.items()}
+        self.tasks = dict(tasks)
         self.accuracy = {
-            task: MulticlassAccuracy(len(names), average="micro", ignore_index=-1)
-            for task, names in self.tasks.items()
+            task: MulticlassAccuracy(num_classes(classes), average="micro", ignore_index=-1)
+            for task, classes in self.tasks.items()
         }
         self.labelled = {task: SumMetric() for task in self.tasks}
 
     def labels(self, batch: Any) -> Tensor:
         """``(B, tasks)`` class indices of a batch (``-1``: no label), in task order."""
         metas = batch.meta or [{}] * len(batch)
-        columns = [label_indices(metas, task, names) for task, names in self.tasks.items()]
+        columns = [label_indices(metas, task, classes) for task, classes in self.tasks.items()]
         return torch.stack(columns, dim=1)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -198,7 +210,7 @@ class KNNProbe(_OnlineProbe):
     training step (the sanity check) nothing is logged.
 
     Args:
-        tasks: Per task, its class names (``meta["labels"][task]`` values).
+        tasks: Per task, its class names or number of classes (see :func:`label_indices`).
         k: Neighbours.
         temperature: Temperature of the vote weights.
         bank_size: Training rows kept.
@@ -211,7 +223,7 @@ class KNNProbe(_OnlineProbe):
 
     def __init__(
         self,
-        tasks: dict[str, list[str]],
+        tasks: dict[str, Classes],
         k: int = 20,
         temperature: float = 0.07,
         bank_size: int = 4096,
@@ -250,11 +262,11 @@ class KNNProbe(_OnlineProbe):
         if self.bank is None or self.bank_labels is None:
             return None
         predictions = {}
-        for column, (task, names) in enumerate(self.tasks.items()):
+        for column, (task, classes) in enumerate(self.tasks.items()):
             labels = self.bank_labels[:, column]
             if bool((labels >= 0).any()):
                 predictions[task] = knn_predict(
-                    features, self.bank, labels, len(names), self.k, self.temperature
+                    features, self.bank, labels, num_classes(classes), self.k, self.temperature
                 )
             else:
                 predictions[task] = torch.zeros(len(features), dtype=torch.long)
@@ -279,7 +291,7 @@ class LinearProbe(_OnlineProbe):
     detached: the encoder never sees the labels). Validation reports their accuracy.
 
     Args:
-        tasks: Per task, its class names (``meta["labels"][task]`` values).
+        tasks: Per task, its class names or number of classes (see :func:`label_indices`).
         lr: AdamW learning rate of the classifiers.
         weight_decay: AdamW weight decay.
 
@@ -290,7 +302,7 @@ class LinearProbe(_OnlineProbe):
     kind = "linear"
 
     def __init__(
-        self, tasks: dict[str, list[str]], lr: float = 1e-3, weight_decay: float = 0.0
+        self, tasks: dict[str, Classes], lr: float = 1e-3, weight_decay: float = 0.0
     ) -> None:
         super().__init__(tasks)
         self.lr = lr
@@ -300,7 +312,9 @@ class LinearProbe(_OnlineProbe):
         self._pending_state: dict[str, Any] | None = None
 
     def _build(self, dim: int, device: torch.device) -> tuple[nn.ModuleDict, torch.optim.Optimizer]:
-        heads = nn.ModuleDict({task: nn.Linear(dim, len(n)) for task, n in self.tasks.items()})
+        heads = nn.ModuleDict(
+            {task: nn.Linear(dim, num_classes(c)) for task, c in self.tasks.items()}
+        )
         for parameter in heads.parameters():
             nn.init.zeros_(parameter)  # the same start on every rank
         heads.to(device)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jepa_lightning.callbacks.probes import knn_predict, label_indices
+from jepa_lightning.callbacks.probes import Classes, knn_predict, label_indices, num_classes
 from jepa_lightning.data.collate import PairCollator
 from jepa_lightning.data.datamodule import WebDataModule
 from jepa_lightning.encoders.hf import ModelSource
@@ -87,7 +87,7 @@ class _LinearOnPooled(nn.Module):
 def encode_shards(
     encoder: VisionEncoder,
     shards: str,
-    tasks: dict[str, list[str]],
+    tasks: dict[str, Classes],
     max_samples: int | None = None,
     batch_size: int = 256,
     num_workers: int = 1,
@@ -97,7 +97,7 @@ def encode_shards(
     Args:
         encoder: The frozen encoder.
         shards: The shard source (folder, brace pattern...).
-        tasks: Per task, its class names.
+        tasks: Per task, its class names or number of classes.
         max_samples: Stop after this many samples.
         batch_size: Images per forward.
         num_workers: Data loader workers.
@@ -157,7 +157,7 @@ def probe_encoder(
     encoder: ModelSource,
     train_shards: str,
     val_shards: str,
-    tasks: dict[str, list[str]] | None = None,
+    tasks: dict[str, Classes] | None = None,
     kinds: Sequence[ProbeKind] = ("attentive", "linear", "knn"),
     image_mean: list[float] | None = None,
     image_std: list[float] | None = None,
@@ -178,8 +178,9 @@ def probe_encoder(
             ``model_type`` (random init, seeded by ``seed``): the baseline.
         train_shards: Shards the probes are fitted on.
         val_shards: Shards they are scored on.
-        tasks: Per task, its class names (``meta["labels"][task]`` values); default the
-            shapes set's shape, colour and position.
+        tasks: Per task, its class names, or its number of classes when the labels are
+            indices (``meta["labels"][task]``); default the shapes set's shape, colour and
+            position.
         kinds: Which probes to run.
         image_mean: Normalisation mean; default the folder's processor config, else
             ImageNet's (as :class:`~jepa_lightning.encoders.VisionEncoder`).
@@ -203,7 +204,7 @@ def probe_encoder(
     unknown = set(kinds) - {"attentive", "linear", "knn"}
     if unknown:
         raise ValueError(f"unknown probe kinds {sorted(unknown)}: use attentive, linear, knn")
-    tasks = tasks or {task: list(names) for task, names in shapes_class_names().items()}
+    tasks = tasks or dict(shapes_class_names())
     torch.manual_seed(seed)
     vision = VisionEncoder(encoder, frozen=True, image_mean=image_mean, image_std=image_std)
     train_tokens, train_labels = encode_shards(
@@ -212,7 +213,8 @@ def probe_encoder(
     val_tokens, val_labels = encode_shards(vision, val_shards, tasks, None, batch_size, num_workers)
     results: dict[str, dict[str, float]] = {kind: {} for kind in kinds}
     dim = train_tokens.shape[-1]
-    for column, (task, names) in enumerate(tasks.items()):
+    for column, (task, classes) in enumerate(tasks.items()):
+        count = num_classes(classes)
         labels = train_labels[:, column]
         if not bool((labels >= 0).any()):
             raise ValueError(f"no training sample in {train_shards} has a {task!r} label")
@@ -220,7 +222,7 @@ def probe_encoder(
             if kind == "knn":
                 predicted = torch.cat(
                     [
-                        knn_predict(chunk.mean(1), train_tokens.mean(1), labels, len(names), k)
+                        knn_predict(chunk.mean(1), train_tokens.mean(1), labels, count, k)
                         for chunk in val_tokens.split(1024)
                     ]
                 )
@@ -228,9 +230,9 @@ def probe_encoder(
                 generator = torch.Generator().manual_seed(seed)
                 torch.manual_seed(seed)
                 classifier: nn.Module = (
-                    AttentiveProbe(dim, len(names), num_heads)
+                    AttentiveProbe(dim, count, num_heads)
                     if kind == "attentive"
-                    else _LinearOnPooled(dim, len(names))
+                    else _LinearOnPooled(dim, count)
                 )
                 _fit_classifier(classifier, train_tokens, labels, epochs, batch_size, lr, generator)
                 with torch.no_grad():
