@@ -1,20 +1,19 @@
-"""Benchmark how long data loader workers take to start: fork, forkserver and spawn.
+"""Data loader worker start-up: fork against forkserver (the data module's default) and spawn.
 
-The time is from ``iter(loader)`` to the first batch of the ``WebDataModule``'s validation
-loader over small shapes shards, with the collator of the default model
-(``configs/shapes_tiny.yaml``: 64x64 images, the bundled BERT tokenizer). Each start method
-runs in a fresh process that has imported what a training run imports (torch, Lightning,
-transformers, the package), so that:
+The time is from ``iter(loader)`` to the first batch of ``WebDataModule``'s validation loader
+over small shapes shards, with the collator of the default model (``configs/shapes_tiny.yaml``:
+64x64 images, the bundled BERT tokenizer). Each start method runs in a fresh process that has
+imported what a training run imports (torch, Lightning, transformers, the package), so:
 
 * the first pass includes what a method pays once per process (``forkserver``: starting the
-  server, which imports the package and the codecs' modules once);
-* later passes (median) are what every epoch and every validation pass pays with
-  non-persistent workers.
+  server, which imports the data path and the codecs' modules once);
+* later passes (median and spread of ``--repeats``) are what every epoch and every
+  validation pass pays with non-persistent workers.
 
-``forkserver`` is the data module's default; ``fork`` is the fastest and the one that can
-deadlock a worker forked from a process that runs threads. Usage::
+``fork`` is the fastest, and the one that can deadlock a worker forked from a process that
+already runs threads, as a DDP rank does. Usage::
 
-    python benchmarks/bench_worker_start.py --out benchmarks/results/worker_start.json
+    python benchmarks/bench_worker_start.py
     python benchmarks/bench_worker_start.py --smoke
 """
 
@@ -22,22 +21,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+import common
+
 METHODS = ("fork", "forkserver", "spawn")
 
 
-def measure(method: str, workers: int, passes: int, shards: str) -> dict[str, Any]:
-    """First-batch latency of ``passes`` passes of one loader (in this process)."""
+def measure(method: str, workers: int, passes: int, shards: str, threads: int) -> dict[str, Any]:
+    """First-batch latency of ``passes`` passes of one loader, in this process."""
     import torch
     import yaml
     from jsonargparse import ArgumentParser
@@ -45,11 +41,11 @@ def measure(method: str, workers: int, passes: int, shards: str) -> dict[str, An
 
     from jepa_lightning.data import WebDataModule
 
-    torch.set_num_threads(1)
-    section = yaml.safe_load((REPO / "configs" / "shapes_tiny.yaml").read_text())["model"]
+    torch.set_num_threads(threads)
+    config = yaml.safe_load((common.REPO / "configs" / "shapes_tiny.yaml").read_text())
     parser = ArgumentParser()
     parser.add_subclass_arguments(LightningModule, "model", required=True)
-    model = parser.instantiate_classes(parser.parse_object({"model": section})).model
+    model = parser.instantiate_classes(parser.parse_object({"model": config["model"]})).model
     data = WebDataModule(
         model.batch_collator(),
         val_shards=shards,
@@ -64,54 +60,65 @@ def measure(method: str, workers: int, passes: int, shards: str) -> dict[str, An
         batches = iter(loader)
         next(batches)
         seconds.append(time.perf_counter() - start)
-        del batches
+        del batches  # its workers stop before the next pass starts new ones
     return {"method": method, "workers": workers, "first_s": seconds[0], "later_s": seconds[1:]}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--passes", type=int, default=6, help="loader passes per method")
-    parser.add_argument("--smoke", action="store_true", help="2 passes, 1 worker")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "worker_start.json"))
+    parser = common.parser(__doc__.split("\n", 1)[0], repeats=5)
     parser.add_argument("--measure", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         method, workers, passes, shards = args.measure
-        print(json.dumps(measure(method, int(workers), int(passes), shards)))
+        print(json.dumps(measure(method, int(workers), int(passes), shards, args.threads)))
         return
+    common.setup(args)
     from jepa_lightning.tools.shapes import ShapesSpec, write_shapes_shards
 
-    passes = 2 if args.smoke else args.passes
+    repeats = 1 if args.smoke else args.repeats
     worker_counts = (1,) if args.smoke else (1, 2)
-    rows = []
+    measured = []
     with tempfile.TemporaryDirectory() as tmp:
         write_shapes_shards(tmp, 128, ShapesSpec(image_size=64), samples_per_shard=64, seed=0)
         for workers in worker_counts:
             for method in METHODS:
+                print(f"  {method}, {workers} worker(s)", flush=True)
                 command = [sys.executable, __file__, "--measure", method, str(workers)]
-                output = subprocess.run(
-                    [*command, str(passes), tmp], capture_output=True, text=True, check=True
+                command += [str(repeats + 1), tmp, "--threads", str(args.threads)]
+                done = subprocess.run(command, capture_output=True, text=True, check=True)
+                measured.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    header = ["method", "workers", "first pass", "later passes (median)", "spread"]
+    rows, headlines = [], []
+    for row in measured:
+        later = common.stats([1e3 * s for s in row["later_s"]])
+        row["later_ms"] = later
+        rows.append(
+            [
+                row["method"],
+                str(row["workers"]),
+                common.ms(1e3 * row["first_s"]),
+                common.ms(later["median"]),
+                f"{later['spread']:.0%}",
+            ]
+        )
+        if row["workers"] == 1:
+            headlines.append(
+                common.headline(
+                    f"worker start, {row['method']}, later passes (s)", later["median"] / 1e3
                 )
-                rows.append(json.loads(output.stdout.strip().splitlines()[-1]))
-    for row in rows:
-        row["later_median_s"] = statistics.median(row["later_s"]) if row["later_s"] else None
-    summary = {
-        "machine": platform.platform(),
-        "cpus": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%d"),
-        "passes": passes,
-        "rows": rows,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2))
-    print("| method | workers | first pass (s) | later passes, median (s) |")
-    print("| --- | --- | --- | --- |")
-    for row in rows:
-        later = row["later_median_s"]
-        later_text = "-" if later is None else f"{later:.2f}"
-        print(f"| {row['method']} | {row['workers']} | {row['first_s']:.2f} | {later_text} |")
-    print(f"written {out}")
+            )
+            headlines.append(
+                common.headline(f"worker start, {row['method']}, first pass (s)", row["first_s"])
+            )
+    common.write_result(
+        args,
+        "worker_start",
+        "Loader worker start-up: fork vs forkserver (default) vs spawn, first and later passes",
+        header,
+        rows,
+        headlines,
+        {"passes": measured},
+    )
 
 
 if __name__ == "__main__":

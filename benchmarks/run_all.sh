@@ -52,6 +52,7 @@ run bench_precision.py
 run bench_lightning_overhead.py
 run bench_recall.py
 run bench_data_pipeline.py
+run bench_worker_start.py
 run bench_feature_cache.py
 run bench_video_decode.py
 run bench_info_nce.py

@@ -15,7 +15,7 @@ then ``SIGKILL``. A fit that exits with an error counts as failed (its output ta
 The fits run one after another. Usage::
 
     python benchmarks/stress_ddp.py --fits 100 --out benchmarks/results/stress_ddp.json
-    python benchmarks/stress_ddp.py --smoke          # 2 fits
+    python benchmarks/stress_ddp.py --smoke          # 1 fit
 
 To run it against another checkout of the package (e.g. the code before a fix), put that
 checkout's ``src`` first on ``PYTHONPATH``; the harness reports which package it ran.
@@ -211,7 +211,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fits", type=int, default=100, help="number of fits")
     parser.add_argument("--fit-timeout", type=float, default=300.0, help="seconds per fit")
-    parser.add_argument("--smoke", action="store_true", help="2 fits")
+    parser.add_argument("--smoke", action="store_true", help="1 fit")
     parser.add_argument("--label", default="", help="a name for this run in the JSON")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "stress_ddp.json"))
     parser.add_argument("--one-fit", nargs=2, metavar=("SHARDS", "OUT_DIR"), help=argparse.SUPPRESS)
@@ -219,7 +219,7 @@ def main() -> None:
     if args.one_fit:
         one_fit(*args.one_fit)
         return
-    fits = 2 if args.smoke else args.fits
+    fits = 1 if args.smoke else args.fits
     out = Path(args.out)
     dumps = out.parent / (out.stem + "_dumps")
     records: list[dict[str, Any]] = []
