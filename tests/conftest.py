@@ -35,6 +35,20 @@ TINY_BERT: dict[str, Any] = {
     "intermediate_size": 64,
     "max_position_embeddings": 64,
 }
+TINY_VJEPA2_CLIPS: dict[str, Any] = {  # 32 px, 16 px patches, tubelets of 2 of 4 frames
+    "model_type": "vjepa2",
+    "crop_size": 32,
+    "patch_size": 16,
+    "frames_per_clip": 4,
+    "tubelet_size": 2,
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "mlp_ratio": 2,
+    "pred_hidden_size": 32,
+    "pred_num_hidden_layers": 1,
+    "pred_num_attention_heads": 2,
+}
 TINY_LLAMA: dict[str, Any] = {
     "model_type": "llama",
     "hidden_size": 32,

@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import torch
-from conftest import TINY_VIT
+from conftest import TINY_VIT, TINY_VJEPA2_CLIPS
 
 from jepa_lightning.encoders import ImageCodec, VideoCodec, VisionEncoder
-
-TINY_VJEPA2: dict[str, Any] = {
-    "model_type": "vjepa2",
-    "crop_size": 32,
-    "patch_size": 16,
-    "frames_per_clip": 4,
-    "tubelet_size": 2,
-    "hidden_size": 32,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "mlp_ratio": 2,
-    "pred_hidden_size": 32,
-    "pred_num_hidden_layers": 1,
-    "pred_num_attention_heads": 2,
-}
 
 
 def clips(batch: int, frames: int, side: int = 32) -> torch.Tensor:
@@ -47,7 +30,7 @@ def test_per_frame_backbone_encodes_each_frame_in_frame_major_order() -> None:
 
 
 def test_vjepa2_reads_clips_in_tubelets() -> None:
-    encoder = VisionEncoder(TINY_VJEPA2, num_frames=4)
+    encoder = VisionEncoder(TINY_VJEPA2_CLIPS, num_frames=4)
     assert encoder.grid == (2, 2, 2) and encoder.num_tokens == 8
     batch = clips(2, 4)
     out = encoder(batch)
@@ -57,9 +40,9 @@ def test_vjepa2_reads_clips_in_tubelets() -> None:
     with pytest.raises(ValueError, match="multiple of 2"):
         encoder(batch[:, :3])
     with pytest.raises(ValueError, match="multiple of its tubelet_size"):
-        VisionEncoder(TINY_VJEPA2, num_frames=3)
+        VisionEncoder(TINY_VJEPA2_CLIPS, num_frames=3)
     with pytest.raises(ValueError, match="at most its frames_per_clip"):
-        VisionEncoder(TINY_VJEPA2, num_frames=6)
+        VisionEncoder(TINY_VJEPA2_CLIPS, num_frames=6)
 
 
 def test_clip_encoder_geometry_codec_and_description() -> None:

@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import TINY_BERT, TINY_LLAMA, TINY_VIT, TOKENIZER, tiny_shapes_data
+from conftest import (
+    TINY_BERT,
+    TINY_LLAMA,
+    TINY_VIT,
+    TINY_VJEPA2_CLIPS,
+    TOKENIZER,
+    tiny_shapes_data,
+)
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from test_stage2 import FirstStepWeights, core_state
@@ -16,21 +23,6 @@ from jepa_lightning.data import MovingShapesDataModule
 from jepa_lightning.encoders import TextEncoder, VisionEncoder
 from jepa_lightning.modules import VLJEPA
 from jepa_lightning.objectives import CaptionInfoNCE, MaskedTokenPrediction
-
-TINY_VJEPA2: dict[str, Any] = {
-    "model_type": "vjepa2",
-    "crop_size": 32,
-    "patch_size": 16,
-    "frames_per_clip": 4,
-    "tubelet_size": 2,
-    "hidden_size": 32,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "mlp_ratio": 2,
-    "pred_hidden_size": 32,
-    "pred_num_hidden_layers": 1,
-    "pred_num_attention_heads": 2,
-}
 
 
 @pytest.fixture(scope="module")
@@ -83,13 +75,13 @@ def trainer(tmp_path: Path, steps: int, **kwargs: Any) -> Trainer:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backbone", [TINY_VJEPA2, TINY_VIT], ids=["vjepa2", "per-frame-vit"])
+@pytest.mark.parametrize("backbone", [TINY_VJEPA2_CLIPS, TINY_VIT], ids=["vjepa2", "per-frame-vit"])
 def test_clip_models_train(backbone: dict[str, Any], clips_root: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
     objectives = [CaptionInfoNCE(), MaskedTokenPrediction(masking={"temporal_scale": (0.5, 1.0)})]
     model = clip_model(backbone, objectives=objectives)
     grid = model.model.x_encoder.grid
-    assert grid == ((2, 2, 2) if backbone is TINY_VJEPA2 else (4, 4, 4))
+    assert grid == ((2, 2, 2) if backbone is TINY_VJEPA2_CLIPS else (4, 4, 4))
     before = core_state(model)
     fit = trainer(tmp_path, steps=3)
     fit.fit(model, clip_data(clips_root, model))
