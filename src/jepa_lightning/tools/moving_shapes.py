@@ -40,7 +40,6 @@ frame.
 from __future__ import annotations
 
 import itertools
-import json
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -50,11 +49,10 @@ from typing import Any
 
 from PIL import Image
 
-from jepa_lightning.data.index import INDEX_FILENAME, read_shard_index
 from jepa_lightning.data.seeds import seed_from
 from jepa_lightning.encoders.video import encode_video
 from jepa_lightning.tools.shapes import COLOURS, SHAPES, _article, _render
-from jepa_lightning.tools.shards import ShardWriter
+from jepa_lightning.tools.shards import ShardWriter, holds_generated_shards
 
 __all__ = [
     "DIRECTIONS",
@@ -394,25 +392,8 @@ def ensure_moving_shapes_shards(
             another split.
     """
     wanted = moving_shapes_metadata(num_samples, samples_per_shard, seed, split, spec)
-    folder = Path(out_dir).absolute()
-    if (folder / INDEX_FILENAME).is_file():
-        try:
-            index = read_shard_index(folder, check_files=True)
-        except (OSError, ValueError):
-            index = None
-        if index is not None:
-            if index.metadata.get("generator") != GENERATOR_NAME:
-                raise ValueError(
-                    f"{folder} holds shards that the moving-shapes generator did not write; "
-                    "refusing to overwrite them (choose another folder)"
-                )
-            if index.metadata.get("split") != split:
-                raise ValueError(
-                    f"{folder} holds the {index.metadata.get('split')!r} split, not {split!r}; "
-                    "use one folder per split"
-                )
-            if json.loads(json.dumps(index.metadata)) == json.loads(json.dumps(wanted)):
-                return str(folder)
+    if holds_generated_shards(out_dir, wanted, "moving-shapes"):
+        return str(Path(out_dir).absolute())
     started = time.perf_counter()
     result = write_moving_shapes_shards(
         out_dir, num_samples, spec, samples_per_shard, seed, split, progress

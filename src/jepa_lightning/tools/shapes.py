@@ -45,7 +45,6 @@ images with the same caption differ.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import random
 import time
@@ -57,9 +56,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from jepa_lightning.data.index import INDEX_FILENAME, read_shard_index
 from jepa_lightning.data.seeds import seed_from
-from jepa_lightning.tools.shards import ShardWriter
+from jepa_lightning.tools.shards import ShardWriter, holds_generated_shards
 
 __all__ = [
     "COLOURS",
@@ -611,10 +609,6 @@ def write_shapes_shards(
     return str(writer.folder)
 
 
-def _normalised(document: Any) -> Any:
-    return json.loads(json.dumps(document))
-
-
 def ensure_shapes_shards(
     out_dir: str,
     num_samples: int,
@@ -650,26 +644,8 @@ def ensure_shapes_shards(
             (use one folder per split) or shards that this generator did not write.
     """
     wanted = shapes_metadata(num_samples, samples_per_shard, seed, split, spec, jpeg_quality)
-    folder = Path(out_dir).absolute()
-    if (folder / INDEX_FILENAME).is_file():
-        try:
-            index = read_shard_index(folder, check_files=True)
-        except (OSError, ValueError):
-            index = None
-        if index is not None:
-            old_split = index.metadata.get("split")
-            if index.metadata.get("generator") != GENERATOR_NAME:
-                raise ValueError(
-                    f"{folder} holds shards that the shapes generator did not write; "
-                    "refusing to overwrite them (choose another folder)"
-                )
-            if old_split != split:
-                raise ValueError(
-                    f"{folder} holds the shapes {old_split!r} split, not {split!r}; "
-                    "use one folder per split (e.g. data/shapes/train and data/shapes/val)"
-                )
-            if _normalised(index.metadata) == _normalised(wanted):
-                return str(folder)
+    if holds_generated_shards(out_dir, wanted, "shapes"):
+        return str(Path(out_dir).absolute())
     started = time.perf_counter()
     result = write_shapes_shards(
         out_dir, num_samples, spec, samples_per_shard, seed, split, jpeg_quality, progress

@@ -29,7 +29,7 @@ from PIL import Image
 from jepa_lightning.data.index import INDEX_FILENAME, ShardIndex, read_shard_index
 from jepa_lightning.encoders.vision import IMAGE_EXTENSIONS
 
-__all__ = ["ShardWriter", "encode_jpeg", "validate_key"]
+__all__ = ["ShardWriter", "encode_jpeg", "holds_generated_shards", "validate_key"]
 
 TMP_SUFFIX = ".tmp"
 """Suffix of a shard (or index) that is still being written."""
@@ -64,6 +64,47 @@ def validate_key(key: str) -> str:
             "start with '/' or whitespace or end with '/'"
         )
     return key
+
+
+def holds_generated_shards(folder: str | Path, wanted: Mapping[str, Any], name: str) -> bool:
+    """Whether ``folder`` already holds exactly the generated shards that ``wanted`` describes.
+
+    For the generated data sets' ``ensure_*`` functions, which write their shards on first use:
+    cheap when the data exist (reads ``index.json``).
+
+    Args:
+        folder: The split's shard folder.
+        wanted: The metadata the generator records in ``index.json``, with ``generator`` and
+            ``split`` keys.
+        name: The data set's name, for errors.
+
+    Returns:
+        True when the index lists existing shards with metadata equal to ``wanted``; False
+        when the shards must be (re)written: no or an unreadable index, a listed shard
+        missing, or other metadata (another generator version or other parameters).
+
+    Raises:
+        ValueError: If the folder holds shards of another generator, or of another split.
+    """
+    folder = Path(folder).absolute()
+    if not (folder / INDEX_FILENAME).is_file():
+        return False
+    try:
+        index = read_shard_index(folder, check_files=True)
+    except (OSError, ValueError):
+        return False
+    if index.metadata.get("generator") != wanted["generator"]:
+        raise ValueError(
+            f"{folder} holds shards that the {name} generator did not write; "
+            "refusing to overwrite them (choose another folder)"
+        )
+    if index.metadata.get("split") != wanted["split"]:
+        raise ValueError(
+            f"{folder} holds the {name} {index.metadata.get('split')!r} split, not "
+            f"{wanted['split']!r}; use one folder per split (e.g. {folder.parent}/train and "
+            f"{folder.parent}/val)"
+        )
+    return bool(json.loads(json.dumps(index.metadata)) == json.loads(json.dumps(wanted)))
 
 
 def encode_jpeg(image: Image.Image, quality: int = 95) -> bytes:
