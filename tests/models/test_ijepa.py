@@ -200,6 +200,9 @@ def test_encoders_that_cannot_be_pretrained_are_refused() -> None:
 
     with pytest.raises(ValueError, match="grid"):
         IJEPAModel(NoGrid(), TINY_PREDICTOR)
+    clips = VisionEncoder(TINY_VIT, frozen=False, num_frames=2)
+    with pytest.raises(ValueError, match="clips"):
+        IJEPAModel(clips, TINY_PREDICTOR)
     with pytest.raises(ValueError, match="with_blocks"):
         model = _image_model()
         model(_images().to(torch.uint8), MaskPair(torch.zeros(3, 4, dtype=torch.long), None))

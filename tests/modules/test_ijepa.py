@@ -98,3 +98,14 @@ def test_bad_momentum_and_feature_caches_are_refused(shapes_root) -> None:
     batch.x = EncoderOutput(torch.zeros(len(batch), 16, 32), torch.ones(len(batch), 16).bool())
     with pytest.raises(ValueError, match="feature cache"):
         model.validation_step(batch, 0)
+
+
+def test_validation_outputs_leave_the_filler_row_out(shapes_root) -> None:
+    model = tiny_ijepa()
+    batch = next(iter(tiny_shapes_data(shapes_root, model).val_dataloader()))
+    batch.valid = torch.arange(len(batch)) != 3  # row 3 stands in for a filler row
+    outputs = model.validation_step(batch, 0)
+    assert outputs["features"].shape[0] == len(batch) - 1
+    assert outputs["predictions"].shape[0] == outputs["targets"].shape[0] == len(batch) - 1
+    full = model.model.features(batch.x)
+    assert torch.allclose(outputs["features"], full[batch.valid], atol=1e-6)

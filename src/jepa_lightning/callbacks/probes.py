@@ -179,7 +179,7 @@ class _OnlineProbe(Callback):
         predictions = self.predict(step_tensor(outputs, "features", type(self).__name__))
         if predictions is None:
             return
-        labels = self.labels(batch).to(pl_module.device)
+        labels = self.labels(batch.valid_rows()).to(pl_module.device)  # the outputs' rows
         for column, task in enumerate(self.tasks):
             self.accuracy[task].update(predictions[task], labels[:, column])
             self.labelled[task].update((labels[:, column] >= 0).sum())

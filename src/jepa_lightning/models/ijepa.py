@@ -132,6 +132,11 @@ def check_maskable(encoder: ModalityEncoder) -> tuple[int, ...]:
         return grid
     if not isinstance(encoder, VisionEncoder):
         raise ValueError(f"{name} cannot encode only its visible tokens: give it encode_visible")
+    if encoder.num_frames > 1:
+        raise ValueError(
+            "JEPA pretraining of a VisionEncoder on clips (num_frames > 1) is not supported yet: "
+            "pretrain it on images (num_frames: 1), or give a clip encoder encode_visible"
+        )
     if encoder.is_video_model:
         raise ValueError(
             "V-JEPA 2 backbones take their rotary positions from the token order, so their "

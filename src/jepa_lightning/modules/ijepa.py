@@ -117,13 +117,16 @@ class IJEPA(LightningModule):
         masks = self.model.draw_masks(len(batch), self.device, generator)
         return self.model(batch.x, masks)
 
-    def _step_outputs(self, loss: Tensor, output: IJEPAOutput) -> dict[str, Tensor]:
-        return {
-            "loss": loss,
-            "features": output.features.detach(),
-            "predictions": output.predictions.detach(),
-            "targets": output.targets.detach(),
+    def _step_outputs(
+        self, loss: Tensor, output: IJEPAOutput, valid: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        pieces = {
+            "features": output.features,
+            "predictions": output.predictions,
+            "targets": output.targets,
         }
+        rows = slice(None) if valid is None else valid
+        return {"loss": loss, **{name: t.detach()[rows] for name, t in pieces.items()}}
 
     def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         """Masks, predicts and regresses; logs the loss, the EMA momentum and learning rates.
@@ -160,13 +163,15 @@ class IJEPA(LightningModule):
         """The loss under masks fixed per batch index (comparable across validations).
 
         Returns:
-            As :meth:`training_step`.
+            As :meth:`training_step`, the rows that count only (``batch.valid_rows()``: an
+            evaluation batch's filler row is left out).
         """
         generator = torch.Generator().manual_seed(batch_idx)
         output = self._forward(batch, generator)
         loss = self.loss(output.predictions, output.targets)
-        self.log("val/loss", loss, batch_size=len(batch), sync_dist=True)
-        return self._step_outputs(loss, output)
+        # A filler row only keeps the ranks in step: its loss weighs 0 in the epoch's mean.
+        self.log("val/loss", loss, batch_size=len(batch.valid_rows()), sync_dist=True)
+        return self._step_outputs(loss, output, batch.valid)
 
     def current_momentum(self) -> float:
         """The EMA momentum of the next target update (the schedule at ``global_step``).
