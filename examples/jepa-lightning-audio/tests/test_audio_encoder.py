@@ -105,6 +105,7 @@ print(encoder_fingerprint(AudioEncoder(**json.loads(sys.argv[1])))["hash"])
 """
 
 
+@pytest.mark.slow  # two fresh interpreters
 def test_fingerprint_is_stable_across_processes_and_follows_the_weights() -> None:
     def in_new_process() -> str:
         command = [sys.executable, "-c", FINGERPRINT_SCRIPT, json.dumps(TINY_AUDIO)]
