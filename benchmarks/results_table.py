@@ -33,9 +33,9 @@ ORDER = (
 def machine_summary(machine: dict[str, Any]) -> str:
     """One cell: CPU model, bf16 instruction sets, threads, load, GPU if any."""
     cpu = machine["cpu"]
-    bf16 = [f for f in cpu["flags"] if "bf16" in f or f.startswith("amx")]
-    parts = [f"{cpu['model']} ({', '.join(bf16) or 'no bf16 instructions'})"]
-    parts.append(f"{cpu['usable_cpus']} cores, {machine['torch_threads']} torch threads")
+    bf16 = [f for f in cpu["flags"] if f in ("avx512_bf16", "amx_bf16")]
+    parts = [f"{cpu['model']} ({'+'.join(bf16) or 'no native bf16'})"]
+    parts.append(f"{cpu['usable_cpus']} cores, {machine['torch_threads']} thr")
     if machine.get("load_average"):
         parts.append(f"load {machine['load_average'][0]:.1f}")
     if machine.get("gpus"):
