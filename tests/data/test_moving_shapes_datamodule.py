@@ -79,6 +79,16 @@ def test_val_frames_feeds_the_middle_frame(data_root: Path, collator: PairCollat
     assert torch.equal(single.x, reference.x)
 
 
+def test_train_frames_trains_on_single_frames(data_root: Path, collator: PairCollator) -> None:
+    module = data_module(data_root, collator, train_frames=1)
+    loader = module.train_dataloader()
+    assert loader.dataset.collator.x == VideoCodec(SIDE, 1, 5, train=True)  # type: ignore[attr-defined]
+    assert next(iter(loader)).x.shape == (8, 1, 3, SIDE, SIDE)
+    assert next(iter(module.val_dataloader())).x.shape == (8, 4, 3, SIDE, SIDE)
+    with pytest.raises(ValueError, match="train_frames must be >= 1"):
+        data_module(data_root, collator, train_frames=0)
+
+
 def test_corrupt_video_is_skipped_and_counted(tmp_path: Path, collator: PairCollator) -> None:
     spec = MovingShapesSpec(image_size=SIDE)
     with ShardWriter(str(tmp_path), prefix="val", samples_per_shard=10) as writer:

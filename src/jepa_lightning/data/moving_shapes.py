@@ -34,6 +34,10 @@ class MovingShapesDataModule(WebDataModule):
         val_frames: Evaluate on clips of this many frames instead of the model's: ``1``
             feeds the middle frame alone (a single-frame baseline of the same model on the
             same clips). None (default): the model's clips.
+        train_frames: Train on clips of this many frames instead of the model's: with
+            ``val_frames`` too, ``1`` trains and evaluates a per-frame model (one random frame
+            of each clip in training) with the same architecture. None (default): the
+            model's clips.
         **kwargs: :class:`WebDataModule` arguments (batch size, workers...).
     """
 
@@ -48,19 +52,22 @@ class MovingShapesDataModule(WebDataModule):
         order_fraction: float = 0.5,
         data_seed: int = 0,
         val_frames: int | None = None,
+        train_frames: int | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs["train_shards"] = kwargs.get("train_shards") or f"{root}/train"
         kwargs["val_shards"] = kwargs.get("val_shards") or f"{root}/val"
         super().__init__(**kwargs)
-        if val_frames is not None and val_frames < 1:
-            raise ValueError(f"data.val_frames must be >= 1, got {val_frames}")
+        for name, frames in (("val_frames", val_frames), ("train_frames", train_frames)):
+            if frames is not None and frames < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {frames}")
         self.root = root
         self.spec = MovingShapesSpec(
             image_size=image_size, num_frames=clip_frames, fps=fps, order_fraction=order_fraction
         )
         self.splits = {"train": (train_samples, data_seed), "val": (val_samples, data_seed + 1)}
         self.val_frames = val_frames
+        self.train_frames = train_frames
 
     def prepare_data(self) -> None:
         """Writes the shards if they are missing or were made differently."""
@@ -75,29 +82,34 @@ class MovingShapesDataModule(WebDataModule):
             )
 
     @contextmanager
-    def _eval_clips(self) -> Iterator[None]:
-        """Within it, the collator samples ``val_frames``-frame clips (when set)."""
-        if self.val_frames is None or self.collator is None:
+    def _clips_of(self, frames: int | None, name: str) -> Iterator[None]:
+        """Within it, the collator samples ``frames``-frame clips (when not None)."""
+        if frames is None or self.collator is None:
             yield
             return
         model_collator, codec = self.collator, self.collator.x
         if not isinstance(codec, VideoCodec):
             raise ValueError(
-                f"data.val_frames needs a clip X-encoder (num_frames > 1); the model's codec "
+                f"data.{name} needs a clip X-encoder (num_frames > 1); the model's codec "
                 f"is {type(codec).__name__}"
             )
-        self.collator = replace(model_collator, x=replace(codec, num_frames=self.val_frames))
+        self.collator = replace(model_collator, x=replace(codec, num_frames=frames))
         try:
             yield
         finally:
             self.collator = model_collator
 
+    def train_dataloader(self) -> EpochDataLoader:
+        """The training clips (of ``train_frames`` frames when set)."""
+        with self._clips_of(self.train_frames, "train_frames"):
+            return super().train_dataloader()
+
     def val_dataloader(self) -> EpochDataLoader:
         """The validation clips (of ``val_frames`` frames when set)."""
-        with self._eval_clips():
+        with self._clips_of(self.val_frames, "val_frames"):
             return super().val_dataloader()
 
     def test_dataloader(self) -> EpochDataLoader:
         """The validation clips (of ``val_frames`` frames when set), as the held-out set."""
-        with self._eval_clips():
+        with self._clips_of(self.val_frames, "val_frames"):
             return super().test_dataloader()
