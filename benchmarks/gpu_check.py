@@ -47,6 +47,7 @@ import common
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from steps import Batches, make_batches
+from transformers import AutoConfig
 
 from jepa_lightning.encoders import TextEncoder, VisionEncoder
 from jepa_lightning.modules import VLJEPA
@@ -127,13 +128,25 @@ TINY: dict[str, Any] = {
 CASES = {"bf16": (False, False), "bf16+ckpt": (True, False), "ddp": (False, True)}
 
 
+def text_config(shapes: dict[str, Any]) -> dict[str, Any]:
+    """The Y-encoder's config dict, without bidirectional attention before transformers 4.56.
+
+    Older releases do not know the key (EmbeddingGemma's); the layers' shapes and cost are
+    the same.
+    """
+    config = copy.deepcopy(shapes["text_encoder"])
+    if not hasattr(AutoConfig.for_model("gemma3_text"), "use_bidirectional_attention"):
+        config.pop("use_bidirectional_attention", None)
+    return config
+
+
 def build(shapes: dict[str, Any], checkpointing: bool) -> VLJEPA:
     """VL-JEPA of these shapes with random weights."""
     torch.manual_seed(0)
     return VLJEPA(
         x_encoder=VisionEncoder(model=copy.deepcopy(shapes["x_encoder"]), frozen=True),
         text_encoder=TextEncoder(
-            model=copy.deepcopy(shapes["text_encoder"]),
+            model=text_config(shapes),
             tokenizer=TOKENIZER,
             max_length=shapes["max_length"],
             lr_multiplier=0.05,
