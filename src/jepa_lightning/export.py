@@ -77,6 +77,7 @@ def _x_encoder_config(encoder: ModalityEncoder) -> dict[str, Any]:
             "frozen": encoder.frozen,
             "image_mean": encoder.image_mean.flatten().tolist(),
             "image_std": encoder.image_std.flatten().tolist(),
+            **encoder.describe().get("clip", {}),  # a clip encoder's frame sampling
         },
     }
 
