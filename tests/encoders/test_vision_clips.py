@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import TINY_VIT, TINY_VJEPA2_CLIPS
+from test_encoders import TINY_DINOV2, TINY_SIGLIP_VISION
 
 from jepa_lightning.encoders import ImageCodec, VideoCodec, VisionEncoder
 
@@ -13,9 +14,12 @@ def clips(batch: int, frames: int, side: int = 32) -> torch.Tensor:
     return torch.randint(0, 256, (batch, frames, 3, side, side), dtype=torch.uint8)
 
 
-def test_per_frame_backbone_encodes_each_frame_in_frame_major_order() -> None:
-    encoder = VisionEncoder(TINY_VIT, num_frames=3)
-    image_encoder = VisionEncoder(TINY_VIT)
+@pytest.mark.parametrize(
+    "backbone", [TINY_VIT, TINY_DINOV2, TINY_SIGLIP_VISION], ids=["vit", "dinov2", "siglip"]
+)
+def test_per_frame_backbone_encodes_each_frame_in_frame_major_order(backbone: dict) -> None:
+    encoder = VisionEncoder(backbone, num_frames=3)
+    image_encoder = VisionEncoder(backbone)
     image_encoder.backbone.load_state_dict(encoder.backbone.state_dict())  # same weights
     assert encoder.grid == (3, 4, 4) and encoder.num_tokens == 48
     batch = clips(2, 3)
