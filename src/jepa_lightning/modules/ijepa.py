@@ -9,7 +9,6 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.optimizer import LightningOptimizer
-from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor
 
 from jepa_lightning.batch import Batch
@@ -23,15 +22,11 @@ from jepa_lightning.models.ijepa import (
     momentum_at,
 )
 from jepa_lightning.modules.checkpoints import finite_or_raise, under_cli
-from jepa_lightning.modules.optim import (
-    build_optimizer,
-    parameter_groups,
-    stepped_optimizer_config,
-)
+from jepa_lightning.modules.optim import GroupedOptimizer, parameter_groups
 from jepa_lightning.objectives.latent_regression import LatentRegression
 
 
-class IJEPA(LightningModule):
+class IJEPA(GroupedOptimizer, LightningModule):
     """I-JEPA pretraining: a context encoder, its EMA target encoder and a narrow predictor.
 
     Each training step draws multi-block masks over the encoder's grid, encodes the visible
@@ -221,31 +216,3 @@ class IJEPA(LightningModule):
         """
         encoder = self.model.context_encoder
         return parameter_groups(self, {"model.context_encoder": encoder.lr_multiplier})
-
-    def build_optimizer(
-        self, total_steps: int
-    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-        """The optimizer over :meth:`parameter_groups` and its per-step scheduler.
-
-        Args:
-            total_steps: Optimizer steps of the whole run (the default schedule's length).
-
-        Returns:
-            The optimizer and its learning-rate scheduler.
-        """
-        return build_optimizer(
-            self.parameter_groups(),
-            total_steps,
-            self.optimizer_factory,
-            self.scheduler_factory,
-            self.warmup_steps,
-            self.min_lr_ratio,
-        )
-
-    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
-        """:meth:`build_optimizer` for the trainer's run, the scheduler stepped per step.
-
-        Raises:
-            ValueError: If the run has no finite length (set ``trainer.max_steps``).
-        """
-        return stepped_optimizer_config(self.trainer, self.build_optimizer)

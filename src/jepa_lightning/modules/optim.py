@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import nn
@@ -126,3 +126,49 @@ def stepped_optimizer_config(
         )
     optimizer, scheduler = build(int(total_steps))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class GroupedOptimizer:
+    """A LightningModule mixin: the optimizer and schedule from ``parameter_groups()``.
+
+    The module implements :meth:`parameter_groups` and sets ``optimizer_factory``,
+    ``scheduler_factory``, ``warmup_steps`` and ``min_lr_ratio`` (see :func:`build_optimizer`);
+    the mixin gives it :meth:`build_optimizer` and ``configure_optimizers``. List it before
+    ``LightningModule`` among the bases.
+    """
+
+    optimizer_factory: OptimizerCallable | None
+    scheduler_factory: LRSchedulerCallable | None
+    warmup_steps: int
+    min_lr_ratio: float
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups (see :func:`parameter_groups`)."""
+        raise NotImplementedError
+
+    def build_optimizer(self, total_steps: int) -> OptimizerAndScheduler:
+        """The optimizer over :meth:`parameter_groups` and its per-step scheduler.
+
+        Args:
+            total_steps: Optimizer steps of the whole run (the default schedule's length).
+
+        Returns:
+            The optimizer and its learning-rate scheduler.
+        """
+        return build_optimizer(
+            self.parameter_groups(),
+            total_steps,
+            self.optimizer_factory,
+            self.scheduler_factory,
+            self.warmup_steps,
+            self.min_lr_ratio,
+        )
+
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
+        """:meth:`build_optimizer` for the trainer's run, the scheduler stepped per step.
+
+        Raises:
+            ValueError: If the run has no finite length (set ``trainer.max_steps``).
+        """
+        module = cast(LightningModule, self)  # the mixin is a LightningModule's base
+        return stepped_optimizer_config(module.trainer, self.build_optimizer)

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 
 from jepa_lightning.batch import Batch
@@ -28,18 +27,14 @@ from jepa_lightning.modules.checkpoints import (
     strip_frozen_x_encoder,
     under_cli,
 )
-from jepa_lightning.modules.optim import (
-    build_optimizer,
-    parameter_groups,
-    stepped_optimizer_config,
-)
+from jepa_lightning.modules.optim import GroupedOptimizer, parameter_groups
 from jepa_lightning.objectives import CaptionInfoNCE, Objective
 from jepa_lightning.predictor import DEFAULT_PREDICTOR_LM
 
 log = logging.getLogger(__name__)
 
 
-class VLJEPA(LightningModule):
+class VLJEPA(GroupedOptimizer, LightningModule):
     """VL-JEPA: a frozen X-encoder, a trainable Y-encoder and a bidirectional predictor.
 
     The model core (:class:`~jepa_lightning.models.VLJEPAModel`) predicts the caption's
@@ -353,31 +348,3 @@ class VLJEPA(LightningModule):
         encoders = {"x_encoder": self.model.x_encoder, "text_encoder": self.model.text_encoder}
         multipliers = {f"model.{name}": e.lr_multiplier for name, e in encoders.items()}
         return parameter_groups(self, multipliers)
-
-    def build_optimizer(
-        self, total_steps: int
-    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-        """The optimizer over :meth:`parameter_groups` and its per-step scheduler.
-
-        Args:
-            total_steps: Optimizer steps of the whole run (the default schedule's length).
-
-        Returns:
-            The optimizer and its learning-rate scheduler.
-        """
-        return build_optimizer(
-            self.parameter_groups(),
-            total_steps,
-            self.optimizer_factory,
-            self.scheduler_factory,
-            self.warmup_steps,
-            self.min_lr_ratio,
-        )
-
-    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
-        """:meth:`build_optimizer` for the trainer's run, the scheduler stepped per step.
-
-        Raises:
-            ValueError: If the run has no finite length (set ``trainer.max_steps``).
-        """
-        return stepped_optimizer_config(self.trainer, self.build_optimizer)
