@@ -340,8 +340,9 @@ def _count_hits(
 ) -> Tensor:
     """Count queries whose best positive has fewer than ``k`` strictly better candidates.
 
-    One matrix product per chunk into a reused buffer, a gather of the positives' scores and
-    one comparison pass: the cost of a plain chunked ``mm`` + ``topk``.
+    That is the case exactly when the ``k``-th best score is at most the best positive's (ties
+    count for the positive), so one matrix product per chunk into a reused buffer, a gather of
+    the positives' scores and one ``topk``: the cost of a plain chunked ``mm`` + ``topk``.
 
     Args:
         queries: Normalised query embeddings ``(Nq, D)``.
@@ -354,18 +355,19 @@ def _count_hits(
     Returns:
         int64 tensor of shape ``(len(top_k),)`` with the number of hits at each ``k``.
     """
-    ks = torch.tensor(top_k, device=queries.device)
+    n_candidates = candidates.shape[0]
+    k_max = min(max(top_k), n_candidates)
+    kth = torch.tensor([min(k, k_max) - 1 for k in top_k], device=queries.device)
+    # More than all candidates: every query is a hit (one with no positive too).
+    covers_all = torch.tensor([k > n_candidates for k in top_k], device=queries.device)
     hits = torch.zeros(len(top_k), dtype=torch.int64, device=queries.device)
     groups = _Groups(candidate_ids)
     cand_t = candidates.T
-    rows = min(chunk, queries.shape[0])
-    sims_buffer = queries.new_empty(rows, candidates.shape[0])
-    better_buffer = torch.empty(sims_buffer.shape, dtype=torch.bool, device=queries.device)
+    sims_buffer = queries.new_empty(min(chunk, queries.shape[0]), n_candidates)
     for start in range(0, queries.shape[0], chunk):
         block = queries[start : start + chunk]
         sims = torch.mm(block, cand_t, out=sims_buffer[: block.shape[0]])
         best = groups.best_positive(sims, query_ids[start : start + chunk])
-        better = torch.gt(sims, best[:, None], out=better_buffer[: block.shape[0]])
-        n_better = better.sum(dim=1)
-        hits += (n_better[:, None] < ks[None, :]).sum(dim=0)
+        kth_best = sims.topk(k_max, dim=1).values[:, kth]
+        hits += ((kth_best <= best[:, None]) | covers_all).sum(dim=0)
     return hits
