@@ -15,6 +15,19 @@ from jepa_lightning.models import IJEPAModel
 from jepa_lightning.models.ijepa import encode_visible, momentum_at
 from jepa_lightning.objectives import LatentRegression
 
+TINY_VJEPA2: dict[str, Any] = {
+    "model_type": "vjepa2",
+    "crop_size": 32,
+    "patch_size": 8,
+    "frames_per_clip": 4,
+    "tubelet_size": 2,
+    "hidden_size": 24,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "pred_hidden_size": 16,
+    "pred_num_hidden_layers": 1,
+    "pred_num_attention_heads": 2,
+}
 TINY_PREDICTOR: dict[str, Any] = {
     "model_type": "llama",
     "hidden_size": 16,
@@ -201,8 +214,54 @@ def test_encoders_that_cannot_be_pretrained_are_refused() -> None:
     with pytest.raises(ValueError, match="grid"):
         IJEPAModel(NoGrid(), TINY_PREDICTOR)
     clips = VisionEncoder(TINY_VIT, frozen=False, num_frames=2)
-    with pytest.raises(ValueError, match="clips"):
+    with pytest.raises(ValueError, match="image backbone on clips"):
         IJEPAModel(clips, TINY_PREDICTOR)
     with pytest.raises(ValueError, match="with_blocks"):
         model = _image_model()
         model(_images().to(torch.uint8), MaskPair(torch.zeros(3, 4, dtype=torch.long), None))
+
+
+@pytest.mark.parametrize("num_frames", [1, 4])
+def test_vjepa2_encodes_only_the_visible_tokens(num_frames: int) -> None:
+    # V-JEPA 2 on images (one tubelet) and on clips of two tubelets: its rotary positions come
+    # from the visible indices, so keeping every token gives the full encoding, and repainting
+    # the hidden tokens' pixels changes nothing at the visible ones.
+    torch.manual_seed(0)
+    encoder = VisionEncoder(TINY_VJEPA2, frozen=False, num_frames=num_frames)
+    shape = (2, 3, 32, 32) if num_frames == 1 else (2, num_frames, 3, 32, 32)
+    inputs = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(1))
+    inputs = inputs.to(torch.uint8)
+    n = encoder.num_tokens
+    assert n == (16 if num_frames == 1 else 32)
+    everything = torch.arange(n).expand(2, -1)
+    full = encoder(inputs).tokens
+    assert torch.allclose(encode_visible(encoder, inputs, everything), full, atol=1e-5)
+    visible = torch.stack([torch.arange(0, n, 4), torch.arange(1, n, 4)])
+    tokens = encode_visible(encoder, inputs, visible)
+    clips = inputs if num_frames > 1 else inputs.unsqueeze(1)
+    repainted = clips.clone()
+    for row in range(2):
+        for index in set(range(n)) - set(visible[row].tolist()):
+            tubelet, rest = divmod(index, 16)
+            r, c = divmod(rest, 4)
+            frames = slice(2 * tubelet, 2 * tubelet + 2)
+            repainted[row, frames, :, r * 8 : (r + 1) * 8, c * 8 : (c + 1) * 8] = 255
+    repainted = repainted if num_frames > 1 else repainted[:, 0]
+    assert torch.allclose(encode_visible(encoder, repainted, visible), tokens, atol=1e-5)
+    assert not torch.allclose(take_tokens(encoder(repainted).tokens, visible), tokens, atol=1e-4)
+
+
+def test_vjepa2_clips_pretrain_with_blocks_through_time() -> None:
+    torch.manual_seed(0)
+    encoder = VisionEncoder(TINY_VJEPA2, frozen=False, num_frames=4)
+    model = IJEPAModel(
+        encoder, TINY_PREDICTOR, masking={"temporal_scale": (0.5, 0.5), "min_keep": 2}
+    )
+    assert model.mask_generator.frames == 2 and model.num_tokens == 32
+    clips = torch.randint(0, 256, (2, 4, 3, 32, 32), dtype=torch.uint8)
+    output = model(clips, model.draw_masks(2, torch.device("cpu")))
+    LatentRegression()(output.predictions, output.targets).backward()
+    assert all(p.grad is not None for p in encoder.parameters() if p.requires_grad)
+    images = clips[:, 0]
+    with pytest.raises(ValueError, match="full clips"):
+        model(images, model.draw_masks(2, torch.device("cpu")))

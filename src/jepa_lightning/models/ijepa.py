@@ -88,9 +88,14 @@ def encode_visible(encoder: ModalityEncoder, inputs: Any, visible: Tensor) -> Te
     """The encoder's tokens at the visible positions, computed from the visible tokens only.
 
     A :class:`VisibleTokenEncoder` does it itself. For a
-    :class:`~jepa_lightning.encoders.VisionEncoder`, the backbone's ``embeddings`` module
-    (patch + position embeddings, as in ``transformers`` ViT, DINOv2, SigLIP and CLIP vision
-    models) is made to pass on only the prefix tokens and the visible patches.
+    :class:`~jepa_lightning.encoders.VisionEncoder`:
+
+    * an image backbone's ``embeddings`` module (patch + position embeddings, as in
+      ``transformers`` ViT, DINOv2, SigLIP and CLIP vision models) is made to pass on only the
+      prefix tokens and the visible patches;
+    * a V-JEPA 2 backbone (images, or clips in tubelets) embeds the patches, keeps the visible
+      ones and runs its layers with ``position_mask`` set to their indices, from which its
+      3-D rotary embeddings take each token's (frame, row, column).
 
     Args:
         encoder: The encoder (see :func:`check_maskable`).
@@ -104,8 +109,15 @@ def encode_visible(encoder: ModalityEncoder, inputs: Any, visible: Tensor) -> Te
         return encoder.encode_visible(inputs, visible)
     assert isinstance(encoder, VisionEncoder)  # check_maskable ran at construction
     backbone: Any = encoder.backbone
+    pixels = encoder.normalize(inputs)
+    if encoder.is_video_model:
+        clips = pixels.unsqueeze(1) if pixels.dim() == 4 else pixels
+        hidden = take_tokens(backbone.embeddings(clips), visible)
+        for layer in backbone.layer:
+            hidden = layer(hidden, visible)[0]
+        return backbone.layernorm(hidden)
     with _only_visible_embeddings(backbone.embeddings, visible, encoder.num_tokens):
-        hidden = backbone(pixel_values=encoder.normalize(inputs)).last_hidden_state
+        hidden = backbone(pixel_values=pixels).last_hidden_state
     return hidden[:, hidden.shape[1] - visible.shape[1] :]
 
 
@@ -120,7 +132,8 @@ def check_maskable(encoder: ModalityEncoder) -> tuple[int, ...]:
 
     Raises:
         ValueError: If the encoder is frozen, has no 2-D or 3-D token grid, or cannot encode
-            only its visible tokens.
+            only its visible tokens (an image backbone on clips, a backbone without an
+            ``embeddings`` module).
     """
     name = type(encoder).__name__
     if encoder.frozen:
@@ -132,15 +145,13 @@ def check_maskable(encoder: ModalityEncoder) -> tuple[int, ...]:
         return grid
     if not isinstance(encoder, VisionEncoder):
         raise ValueError(f"{name} cannot encode only its visible tokens: give it encode_visible")
+    if encoder.is_video_model:
+        return grid
     if encoder.num_frames > 1:
         raise ValueError(
-            "JEPA pretraining of a VisionEncoder on clips (num_frames > 1) is not supported yet: "
-            "pretrain it on images (num_frames: 1), or give a clip encoder encode_visible"
-        )
-    if encoder.is_video_model:
-        raise ValueError(
-            "V-JEPA 2 backbones take their rotary positions from the token order, so their "
-            "hidden tokens cannot simply be dropped; pretrain a ViT-style backbone"
+            "JEPA pretraining of an image backbone on clips (num_frames > 1) is not supported: "
+            "it encodes the frames one by one; pretrain a V-JEPA 2 backbone on clips, or the "
+            "image backbone on images (num_frames: 1)"
         )
     if not isinstance(getattr(encoder.backbone, "embeddings", None), nn.Module):
         raise ValueError(
@@ -306,6 +317,11 @@ class IJEPAModel(nn.Module):
         batch, num_blocks, block_size = blocks.shape
         target_output = self.target_encoder(x)
         all_targets = target_output.tokens
+        if all_targets.shape[1] != self.num_tokens:
+            raise ValueError(
+                f"the encoder gave {all_targets.shape[1]} tokens, not its grid's "
+                f"{self.num_tokens}: JEPA pretraining on clips needs full clips (no images)"
+            )
         dim = all_targets.shape[-1]
         targets = take_tokens(all_targets, blocks.flatten(1)).view(batch, num_blocks, -1, dim)
         context = encode_visible(self.context_encoder, x, masks.context)
