@@ -59,3 +59,31 @@ def test_shrunk_config_trains_a_step(tmp_path, shapes_root) -> None:
             f"--trainer.default_root_dir={tmp_path}",
         ]
     )
+
+
+@pytest.mark.slow
+def test_clip_config_pretrains_a_step(tmp_path) -> None:
+    from jepa_lightning.data import MovingShapesDataModule
+
+    root = tmp_path / "moving_shapes"
+    sizes = {"train_samples": 32, "val_samples": 8, "image_size": 32}
+    MovingShapesDataModule(root=str(root), **sizes).prepare_data()
+    encoder = "--model.init_args.encoder.init_args.model"
+    main(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs" / "vjepa_moving_shapes_tiny.yaml"),
+            f"{encoder}.crop_size=32",
+            f"{encoder}.patch_size=8",
+            f"{encoder}.hidden_size=32",
+            f"{encoder}.num_hidden_layers=1",
+            f"{encoder}.num_attention_heads=2",
+            f"--data.init_args.root={root}",
+            *(f"--data.init_args.{key}={value}" for key, value in sizes.items()),
+            "--data.init_args.batch_size=8",
+            "--data.init_args.num_workers=0",
+            "--trainer.fast_dev_run=1",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
