@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -209,3 +210,52 @@ def test_a_stuck_worker_ends_the_pass_naming_the_rank(tmp_path: Path, tiny_model
         r"loader workers during validate \(epoch 0, global step 0\)",
     ):
         _trainer(tmp_path).validate(model, data)
+
+
+# Stands for any lock a library takes in a worker (the stderr buffer's when a skipped sample is
+# logged, an allocator's...) while a thread of the parent process holds it.
+_LIBRARY_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class LockingImageCodec(ImageCodec):
+    """A codec that takes a library lock while it decodes."""
+
+    def decode(self, data: bytes) -> Tensor:
+        with _LIBRARY_LOCK:
+            return super().decode(data)
+
+
+@pytest.mark.slow
+def test_workers_not_forked_ignore_locks_held_by_the_parents_threads(tmp_path: Path) -> None:
+    """A forked worker inherits a lock held by another thread and never delivers; a worker
+    started by the forkserver (the default) imports its modules afresh and does; the forked
+    one ends the pass after worker_timeout instead of hanging."""
+    write_shards(tmp_path, (4,))
+    release = threading.Event()
+
+    def hold_the_lock() -> None:
+        with _LIBRARY_LOCK:
+            release.wait()
+
+    holder = threading.Thread(target=hold_the_lock, daemon=True)
+    holder.start()
+    try:
+        for method, timeout in (("forkserver", 1800.0), ("fork", 5.0)):
+            data = WebDataModule(
+                PairCollator(LockingImageCodec(16)),
+                val_shards=str(tmp_path),
+                batch_size=2,
+                num_workers=1,
+                multiprocessing_context=method,  # type: ignore[arg-type]
+                worker_timeout=timeout,  # the forkserver's first start may take a while
+            )
+            _attach(data)
+            if method == "forkserver":
+                assert [len(batch) for batch in data.val_dataloader()] == [2, 2]
+                continue
+            with pytest.raises(RuntimeError, match="DataLoader timed out after 5.0 seconds"):
+                list(data.val_dataloader())
+    finally:
+        release.set()
+        holder.join()
