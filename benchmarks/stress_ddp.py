@@ -7,14 +7,21 @@ tiny VL-JEPA for a few short epochs on uneven shards with unreadable samples
 new loader workers), validates after every epoch, and runs the threads a real run has (the
 progress bar's monitor, the TensorBoard writer, gloo's).
 
+With ``--cli`` a fit is instead ``python -m jepa_lightning fit`` with a config of the same
+model and data plus the default config's callbacks (checkpoint, embedding monitor, gradient
+norms, TensorBoard images): the way a user starts a run, with the command's rich progress bar,
+whose refresh thread writes to the output many times a second.
+
 A fit that has not finished after ``--fit-timeout`` seconds counts as a hang: its processes
-(the process group the harness started) first get ``SIGUSR1``, on which every rank dumps the
-stacks of all its threads (``faulthandler``) into ``<out dir>/stress_ddp/fit<N>.rank<R>.txt``,
-then ``SIGKILL``. A fit that exits with an error counts as failed (its output tail is kept).
+(the process group the harness started) first get ``SIGUSR1`` (``SIGABRT`` with ``--cli``), on
+which every rank dumps the stacks of all its threads (``faulthandler``) into
+``<out>_dumps/fit<N>.*``, then ``SIGKILL``. A fit that exits with an error counts as failed
+(its output tail is kept).
 
 The fits run one after another. Usage::
 
     python benchmarks/stress_ddp.py --fits 100 --out benchmarks/results/stress_ddp.json
+    python benchmarks/stress_ddp.py --cli --fits 100 --out benchmarks/results/stress_ddp_cli.json
     python benchmarks/stress_ddp.py --smoke          # 1 fit
 
 To run it against another checkout of the package (e.g. the code before a fix), put that
@@ -167,23 +174,91 @@ def one_fit(shards: str, out_dir: str) -> None:
         (Path(out_dir) / "result.json").write_text(json.dumps(result))
 
 
-def run_fit(number: int, shards: str, work: Path, timeout_s: float, dumps: Path) -> dict[str, Any]:
+def write_cli_config(path: Path, shards: str) -> None:
+    """The ``--cli`` fit's config: the same fit, with the default config's callbacks."""
+    model = {
+        "class_path": "jepa_lightning.modules.VLJEPA",
+        "init_args": {
+            "x_encoder": {
+                "class_path": "jepa_lightning.encoders.VisionEncoder",
+                "init_args": {"model": TINY_VIT},
+            },
+            "text_encoder": {
+                "class_path": "jepa_lightning.encoders.TextEncoder",
+                "init_args": {"model": TINY_BERT, "tokenizer": tokenizer_folder()},
+            },
+            "embed_dim": 16,
+            "predictor_lm": TINY_LLAMA,
+            "warmup_steps": 2,
+        },
+    }
+    callbacks = [
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {"monitor": "val/recall_mean", "mode": "max", "save_last": True},
+        },
+        {"class_path": "jepa_lightning.callbacks.EmbeddingMonitor"},
+        {"class_path": "jepa_lightning.callbacks.GradNormMonitor"},
+        {
+            "class_path": "jepa_lightning.callbacks.TensorBoardImages",
+            "init_args": {"max_samples": 16, "num_queries": 2, "top_k": 2},
+        },
+    ]
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": WORLD_SIZE,
+            "strategy": "ddp",
+            "max_steps": 6,
+            "num_sanity_val_steps": 2,
+            "log_every_n_steps": 1,
+            "callbacks": callbacks,
+        },
+        "model": model,
+        "data": {
+            "class_path": "jepa_lightning.data.WebDataModule",
+            "init_args": {
+                "train_shards": shards,
+                "val_shards": shards,
+                "batch_size": BATCH_SIZE,
+                "samples_per_epoch": 2 * BATCH_SIZE * WORLD_SIZE,
+                "resampled": False,
+                "num_workers": 2,
+                "shuffle_buffer": 8,
+            },
+        },
+    }
+    path.write_text(json.dumps(config, indent=1))  # JSON is YAML
+
+
+def run_fit(
+    number: int, shards: str, work: Path, timeout_s: float, dumps: Path, cli_config: Path | None
+) -> dict[str, Any]:
     """Runs one fit in its own process group; kills the group at the deadline."""
     out_dir = work / f"fit{number}"
     out_dir.mkdir()
     log_path = out_dir / "output.txt"
-    command = [sys.executable, str(Path(__file__).resolve()), "--one-fit", shards, str(out_dir)]
+    env = dict(os.environ)
+    if cli_config is None:
+        command = [sys.executable, str(Path(__file__).resolve()), "--one-fit", shards, str(out_dir)]
+        dump_signal = signal.SIGUSR1
+    else:
+        command = [sys.executable, "-m", "jepa_lightning", "fit", "--config", str(cli_config)]
+        command += ["--trainer.default_root_dir", str(out_dir)]
+        env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT: every Python process dumps its stacks
+        dump_signal = signal.SIGABRT
     start = time.monotonic()
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
         try:
             code = process.wait(timeout=timeout_s)
             status = "ok" if code == 0 else "failed"
         except subprocess.TimeoutExpired:
             status, code = "hung", None
-            os.killpg(process.pid, signal.SIGUSR1)  # every rank dumps its stacks
+            os.killpg(process.pid, dump_signal)  # every rank dumps its stacks
             time.sleep(3)
         finally:
             try:
@@ -198,7 +273,7 @@ def run_fit(number: int, shards: str, work: Path, timeout_s: float, dumps: Path)
         record.update(json.loads(result.read_text()))
     if status != "ok":
         dumps.mkdir(parents=True, exist_ok=True)
-        tail = log_path.read_text(errors="replace")[-4000:]
+        tail = log_path.read_text(errors="replace")[-200_000 if status == "hung" else -4000 :]
         (dumps / f"fit{number}.output.txt").write_text(tail)
         for rank in range(WORLD_SIZE):
             stacks = out_dir / f"rank{rank}.stacks.txt"
@@ -212,6 +287,7 @@ def main() -> None:
     parser.add_argument("--fits", type=int, default=100, help="number of fits")
     parser.add_argument("--fit-timeout", type=float, default=300.0, help="seconds per fit")
     parser.add_argument("--smoke", action="store_true", help="1 fit")
+    parser.add_argument("--cli", action="store_true", help="fit with python -m jepa_lightning")
     parser.add_argument("--label", default="", help="a name for this run in the JSON")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "stress_ddp.json"))
     parser.add_argument("--one-fit", nargs=2, metavar=("SHARDS", "OUT_DIR"), help=argparse.SUPPRESS)
@@ -226,13 +302,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         write_shards(work / "shards")
+        cli_config = work / "fit.yaml" if args.cli else None
+        if cli_config is not None:
+            write_cli_config(cli_config, str(work / "shards"))
         for number in range(fits):
-            record = run_fit(number, str(work / "shards"), work, args.fit_timeout, dumps)
+            record = run_fit(
+                number, str(work / "shards"), work, args.fit_timeout, dumps, cli_config
+            )
             records.append(record)
             print(
                 f"fit {number + 1}/{fits}: {record['status']} in {record['s']:.1f} s",
                 flush=True,
             )
+    import jepa_lightning
+
     counts = {s: sum(r["status"] == s for r in records) for s in ("ok", "hung", "failed")}
     summary = {
         "label": args.label,
@@ -242,6 +325,8 @@ def main() -> None:
         "fits": fits,
         "fit_timeout_s": args.fit_timeout,
         "counts": counts,
+        "mode": "cli" if args.cli else "direct",
+        "harness_package": jepa_lightning.__file__,  # what the fits import (same sys.path)
         "packages": sorted({str(r.get("package")) for r in records if r.get("package")}),
         "median_fit_s": sorted(r["s"] for r in records)[len(records) // 2],
         "records": records,
