@@ -45,6 +45,8 @@ class MaskedTokenPrediction(Objective):
         self.loss = MaskedTokenInfoNCELoss(temperature=temperature)
         self.mask_generator: MultiBlockMaskGenerator | None = None
         self.head: nn.Linear | None = None
+        self.grid = (1, 1, 1)  # (frames, height, width), set by bind
+        # Masks for clips of fewer frames than the grid's (e.g. images in a clip model).
         self._generators: dict[int, MultiBlockMaskGenerator] = {}
 
     def bind(self, model: VLJEPAModel) -> None:
@@ -65,8 +67,9 @@ class MaskedTokenPrediction(Objective):
         if len(grid) not in (2, 3):
             raise ValueError(f"MaskedTokenPrediction needs a 2-D or 3-D token grid, got {grid}")
         frames = grid[0] if len(grid) == 3 else 1
+        self.grid = (frames, grid[-2], grid[-1])
         self.mask_generator = MultiBlockMaskGenerator((grid[-2], grid[-1]), frames, **self.masking)
-        self._generators = {frames: self.mask_generator}
+        self._generators = {}
         self.head = nn.Linear(model.predictor.width, model.x_encoder.output_dim)
 
     def forward(self, step: BatchForward) -> Tensor:
@@ -103,16 +106,17 @@ class MaskedTokenPrediction(Objective):
     def _generator_for(self, num_tokens: int) -> MultiBlockMaskGenerator:
         """The mask generator of a batch with ``num_tokens`` tokens (its first frames)."""
         assert self.mask_generator is not None
-        full = self.mask_generator
-        per_frame = full.height * full.width
-        frames = num_tokens // per_frame
-        if num_tokens % per_frame or not 1 <= frames <= full.frames:
+        all_frames, height, width = self.grid
+        frames = num_tokens // (height * width)
+        if num_tokens % (height * width) or not 1 <= frames <= all_frames:
             raise ValueError(
                 f"MaskedTokenPrediction: {num_tokens} X tokens are no whole number of frames of "
-                f"the {full.frames}x{full.height}x{full.width} grid"
+                f"the {all_frames}x{height}x{width} grid"
             )
+        if frames == all_frames:
+            return self.mask_generator
         if frames not in self._generators:
             self._generators[frames] = MultiBlockMaskGenerator(
-                (full.height, full.width), frames, **self.masking
+                (height, width), frames, **self.masking
             )
         return self._generators[frames]
