@@ -57,8 +57,11 @@ TINY_GEMMA3_TEXT: dict[str, Any] = {
     "head_dim": 16,
     "max_position_embeddings": 128,
     "sliding_window": 16,
-    "use_bidirectional_attention": True,
 }
+# EmbeddingGemma's bidirectional attention, where the installed transformers knows the option
+# (not 4.53, the oldest supported, whose configs refuse unknown keys here).
+if "use_bidirectional_attention" in AutoConfig.for_model("gemma3_text").to_dict():
+    TINY_GEMMA3_TEXT["use_bidirectional_attention"] = True
 # Deeper than the 8 layers the config keeps, as Llama-3.2-1B (16) is.
 TINY_LLAMA_10: dict[str, Any] = {
     "model_type": "llama",
