@@ -54,7 +54,7 @@ def label_indices(metas: Sequence[Any], task: str, classes: Classes) -> Tensor:
         label = meta.get("labels", {}).get(task) if isinstance(meta, dict) else None
         if label is not None and label not in index:
             shown = f"an index below {classes}" if isinstance(classes, int) else list(classes)
-            raise ValueError(f"label {label!r} of task {task!r} is not {shown}")
+            raise ValueError(f"label {label!r} of task {task!r} is not in its class_names: {shown}")
         labels.append(-1 if label is None else index[label])
     return torch.tensor(labels, dtype=torch.int64)
 

@@ -11,6 +11,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from jepa_lightning.callbacks.probes import label_indices
 from jepa_lightning.callbacks.utils import require_vl_jepa, validation_embeddings
 from jepa_lightning.metrics import ZeroShotAccuracy
 from jepa_lightning.modules import VLJEPA
@@ -123,14 +124,7 @@ class ZeroShotEvaluator(Callback):
         Raises:
             ValueError: If a label is not one of the task's class names.
         """
-        index = {name: i for i, name in enumerate(self.prompts[task])}
-        labels = []
-        for meta in metas:
-            label = meta.get("labels", {}).get(task) if isinstance(meta, dict) else None
-            if label is not None and label not in index:
-                raise ValueError(f"label {label!r} of task {task!r} is not in its class_names")
-            labels.append(-1 if label is None else index[label])
-        return torch.tensor(labels, dtype=torch.int64)
+        return label_indices(metas, task, list(self.prompts[task]))
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Logs the top-k accuracies over the whole validation set."""
