@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from jepa_lightning.data.index import read_shard_index
-from jepa_lightning.encoders.video import encode_video
+from jepa_lightning.encoders.video import VideoCodec, encode_video
 from jepa_lightning.tools.moving_shapes import (
     DIRECTIONS,
     MovingShapesSpec,
@@ -49,7 +49,12 @@ def test_clips_are_deterministic_and_differ_by_split() -> None:
     again = generate_clip(5, seed=3, spec=SPEC)
     assert caption == again[1] and meta == again[2]
     assert all(np.array_equal(a, b) for a, b in zip(frames, again[0], strict=True))
-    assert encode_video(frames, SPEC.fps) == encode_video(again[0], SPEC.fps)
+    # The file is lossy and x264 does not promise the same bytes on every run: it must decode
+    # back close to the generated frames.
+    decoded = VideoCodec(SPEC.image_size, len(frames)).decode(encode_video(frames, SPEC.fps))
+    source = np.stack([np.asarray(frame).transpose(2, 0, 1) for frame in frames])
+    assert decoded.shape == source.shape
+    assert np.abs(decoded.numpy().astype(np.int32) - source).mean() < 8  # of 255; crf 18 gives ~4
     other = generate_clip(5, seed=3, spec=SPEC, split="val")[0]
     assert not np.array_equal(frames[0], other[0])
 

@@ -110,11 +110,16 @@ def encode_video(
         stream = output.add_stream(codecs[container], rate=fps)
         stream.width, stream.height = frames[0].size
         stream.pix_fmt = "yuv420p"
+        # One encoder thread: x264's automatic frame threads make the bytes differ from run to
+        # run; data sets are written in parallel across clips instead.
+        stream.codec_context.thread_count = 1
         speed = {"mp4": {"preset": "veryfast"}, "webm": {"deadline": "realtime", "b": "0"}}
         if container in speed:  # fast presets: data sets of thousands of short clips
             stream.options = {"crf": str(crf), **speed[container]}
-        for image in frames:
-            output.mux(stream.encode(av.VideoFrame.from_image(image.convert("RGB"))))
+        for index, image in enumerate(frames):
+            frame = av.VideoFrame.from_image(image.convert("RGB"))
+            frame.pts = index
+            output.mux(stream.encode(frame))
         output.mux(stream.encode())
     return buffer.getvalue()
 
