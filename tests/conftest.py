@@ -60,6 +60,17 @@ TINY_LLAMA: dict[str, Any] = {
     "max_position_embeddings": 128,
 }
 
+TINY_DECODER_LM: dict[str, Any] = {  # the Y-decoder's LM (the tokenizer sets the vocabulary)
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+    "tie_word_embeddings": True,
+}
+
 
 @pytest.fixture(autouse=True)
 def _few_threads() -> None:

@@ -37,7 +37,9 @@ DESCRIPTION = (
     "from class names; 'evaluate' writes CLIP_benchmark results; 'export-encoder CHECKPOINT "
     "OUTPUT' writes a JEPA-pretrained (IJEPA) encoder as a transformers folder, a VL-JEPA "
     "X-encoder; 'probe ENCODER' scores a frozen encoder with attentive, linear and k-NN "
-    "probes. Add --help after a subcommand for its options."
+    "probes; 'export-decoder CHECKPOINT OUTPUT' writes a trained Y-decoder with its VL-JEPA; "
+    "'caption MODEL IMAGES' writes captions of images; 'decode-streams MODEL' compares "
+    "selective and uniform decoding of generated video streams. Add --help after a subcommand for its options."
 )
 
 DATA_COMMANDS: dict[str, str] = {
@@ -65,6 +67,9 @@ TOOL_COMMANDS: dict[str, str] = {
     "evaluate": "jepa_lightning.evaluate.evaluate",
     "export-encoder": "jepa_lightning.export_encoder.export_encoder_checkpoint",
     "probe": "jepa_lightning.tools.probe.probe_encoder",
+    "export-decoder": "jepa_lightning.modules.y_decoder.export_decoder_checkpoint",
+    "caption": "jepa_lightning.caption.caption",
+    "decode-streams": "jepa_lightning.streams.evaluate.decode_streams",
 }
 """Commands that run one function (no Lightning Trainer), imported when they run."""
 

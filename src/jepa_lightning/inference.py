@@ -15,6 +15,11 @@ Example::
     images = model.encode_images(["cat.png", "dog.png"])      # ŝ, unit norm
     texts = model.encode_texts(["a cat", "a dog"])             # s, unit norm
     scores = images @ texts.T
+    captions = model.caption(["cat.png"])                     # with a Y-decoder in the export
+
+An export may hold a Y-decoder (``decoder/``, :class:`~jepa_lightning.models.YDecoder`), which
+turns embeddings into text (:meth:`PretrainedVLJEPA.decode`); exports without one load as
+before.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from torch import Tensor, nn
 from jepa_lightning.encoders.vision import ImageCodec
 from jepa_lightning.export import export_model, load_exported
 from jepa_lightning.models.vl_jepa import VLJEPAModel
+from jepa_lightning.models.y_decoder import YDecoder
 from jepa_lightning.objectives import CaptionInfoNCE
 
 ImageInput = Image.Image | str | os.PathLike | Tensor
@@ -40,6 +46,9 @@ ImageInput = Image.Image | str | os.PathLike | Tensor
 
 Candidates = Sequence[str] | Sequence[Sequence[str]]
 """Candidate answers: one list for every question, or one list per question."""
+
+DECODER_DIR = "decoder"
+"""The export's optional Y-decoder folder (:meth:`YDecoder.save_pretrained`)."""
 
 
 def _candidate_lists(questions: Sequence[str], candidates: Candidates) -> list[Sequence[str]]:
@@ -71,20 +80,32 @@ class PretrainedVLJEPA(nn.Module, ModelHubMixin, library_name="jepa-lightning"):
         temperature: The temperature learned with the caption objective, if known
             (``from_pretrained`` reads it from ``config.json``).
         batch_size: Inputs per forward pass.
+        decoder: A Y-decoder that writes text from embeddings (:meth:`decode`), or None.
 
     Raises:
-        ValueError: If ``batch_size`` is below 1.
+        ValueError: If ``batch_size`` is below 1, or the decoder reads embeddings of another
+            width.
     """
 
     def __init__(
-        self, model: VLJEPAModel, temperature: float | None = None, batch_size: int = 64
+        self,
+        model: VLJEPAModel,
+        temperature: float | None = None,
+        batch_size: int = 64,
+        decoder: YDecoder | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if decoder is not None and decoder.embed_dim != model.embed_dim:
+            raise ValueError(
+                f"the decoder reads {decoder.embed_dim}-d embeddings, the model makes "
+                f"{model.embed_dim}-d ones"
+            )
         self.model = model.eval()
         self.temperature = temperature
         self.batch_size = batch_size
+        self.decoder = None if decoder is None else decoder.eval()
 
     @classmethod
     def _from_pretrained(
@@ -130,7 +151,9 @@ class PretrainedVLJEPA(nn.Module, ModelHubMixin, library_name="jepa-lightning"):
                 local_files_only=local_files_only,
                 token=token,
             )
-        model = cls(load_exported(folder), temperature=temperature, batch_size=batch_size)
+        decoder_folder = Path(folder) / DECODER_DIR
+        decoder = YDecoder.from_pretrained(decoder_folder) if decoder_folder.is_dir() else None
+        model = cls(load_exported(folder), temperature, batch_size, decoder)
         return model.to(device=device, dtype=dtype)
 
     @classmethod
@@ -167,6 +190,8 @@ class PretrainedVLJEPA(nn.Module, ModelHubMixin, library_name="jepa-lightning"):
             save_directory: The folder.
         """
         export_model(self.model, str(save_directory), temperature=self.temperature)
+        if self.decoder is not None:
+            self.decoder.save_pretrained(Path(save_directory) / DECODER_DIR)
 
     @property
     def device(self) -> torch.device:
@@ -319,6 +344,68 @@ class PretrainedVLJEPA(nn.Module, ModelHubMixin, library_name="jepa-lightning"):
         scores = self.score_answers(images, questions, candidates, batch_size)
         lists = _candidate_lists(questions, candidates)
         return [str(options[int(row.argmax())]) for row, options in zip(scores, lists, strict=True)]
+
+
+    @torch.no_grad()
+    def decode(
+        self,
+        embeddings: Tensor,
+        num_beams: int = 1,
+        max_new_tokens: int | None = None,
+        batch_size: int | None = None,
+    ) -> list[str]:
+        """The text of embeddings (``ŝ`` or ``s``), written by the export's Y-decoder.
+
+        Args:
+            embeddings: ``(N, D)`` embeddings (any norm: the decoder normalises them).
+            num_beams: Beams (1: greedy decoding).
+            max_new_tokens: Longest text in tokens; default the decoder's ``max_length``.
+            batch_size: Embeddings per ``generate`` call; default the model's.
+
+        Returns:
+            One text per embedding.
+
+        Raises:
+            ValueError: If the model has no decoder.
+        """
+        decoder = self._decoder()
+        size = batch_size or self.batch_size
+        texts: list[str] = []
+        for start in range(0, len(embeddings), size):
+            rows = embeddings[start : start + size].to(self.device)
+            texts += decoder.generate(rows, num_beams, max_new_tokens)
+        return texts
+
+    def _decoder(self) -> YDecoder:
+        """The Y-decoder, or a ValueError saying how to get one."""
+        if self.decoder is None:
+            raise ValueError(
+                "this model has no Y-decoder: train one (jepa-lightning fit --config "
+                "configs/y_decoder_shapes_tiny.yaml) and export it (jepa-lightning export-decoder)"
+            )
+        return self.decoder
+
+    def caption(
+        self,
+        images: Sequence[ImageInput] | Tensor,
+        num_beams: int = 1,
+        batch_size: int | None = None,
+    ) -> list[str]:
+        """Captions of images: their ``ŝ`` (no query), decoded by the Y-decoder.
+
+        Args:
+            images: As for :meth:`encode_images`.
+            num_beams: Beams (1: greedy decoding).
+            batch_size: Inputs per forward pass; default the model's.
+
+        Returns:
+            One caption per image.
+
+        Raises:
+            ValueError: If the model has no decoder.
+        """
+        self._decoder()  # before the images are read
+        return self.decode(self.encode_images(images, batch_size=batch_size), num_beams)
 
 
 def load_model(

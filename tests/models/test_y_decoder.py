@@ -5,22 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TOKENIZER
+from conftest import TINY_DECODER_LM, TOKENIZER
 from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from jepa_lightning.models.y_decoder import YDecoder
 
-TINY_DECODER_LM = {
-    "model_type": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 64,
-    "tie_word_embeddings": True,
-}
 CAPTIONS = [
     "a small red circle on the left",
     "a blue square above a green triangle",
