@@ -39,7 +39,8 @@ DESCRIPTION = (
     "X-encoder; 'probe ENCODER' scores a frozen encoder with attentive, linear and k-NN "
     "probes; 'export-decoder CHECKPOINT OUTPUT' writes a trained Y-decoder with its VL-JEPA; "
     "'caption MODEL IMAGES' writes captions of images; 'decode-streams MODEL' compares "
-    "selective and uniform decoding of generated video streams. Add --help after a subcommand for its options."
+    "selective and uniform decoding of generated video streams. Add --help after a "
+    "subcommand for its options."
 )
 
 DATA_COMMANDS: dict[str, str] = {

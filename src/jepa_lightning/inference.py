@@ -345,7 +345,6 @@ class PretrainedVLJEPA(nn.Module, ModelHubMixin, library_name="jepa-lightning"):
         lists = _candidate_lists(questions, candidates)
         return [str(options[int(row.argmax())]) for row, options in zip(scores, lists, strict=True)]
 
-
     @torch.no_grad()
     def decode(
         self,

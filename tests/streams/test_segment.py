@@ -53,9 +53,11 @@ def test_clustering_is_scikit_learns_ward_with_a_chain_connectivity() -> None:
     stream = F.normalize(torch.randn(150, 6, generator=generator).double(), dim=-1)
     chain = sparse.diags([1.0, 1.0], [-1, 1], shape=(150, 150))
     for count in (1, 2, 9, 40, 149, 150):
-        labels = cluster.AgglomerativeClustering(
-            n_clusters=count, connectivity=chain, linkage="ward"
-        ).fit(stream.numpy()).labels_
+        labels = (
+            cluster.AgglomerativeClustering(n_clusters=count, connectivity=chain, linkage="ward")
+            .fit(stream.numpy())
+            .labels_
+        )
         expected = [0] + [i for i in range(1, 150) if labels[i] != labels[i - 1]]
         assert cluster_segments(stream, count) == expected
 

@@ -33,7 +33,7 @@ def test_frames_of_a_scene_move_and_streams_repeat() -> None:
     assert np.abs(first - later).mean() > 1.0  # motion and fresh noise, not a still
     again = generate_stream(0, seed=0, spec=SPEC)
     assert again.captions == stream.captions
-    assert all(a.tobytes() == b.tobytes() for a, b in zip(again.frames, stream.frames))
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(again.frames, stream.frames, strict=True))
     assert generate_stream(1, seed=0, spec=SPEC).captions != stream.captions
 
 

@@ -54,8 +54,12 @@ class CaptionQuality(Metric):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.add_state("exact", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("rouge", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state(
+            "exact", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
+        )
+        self.add_state(
+            "rouge", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
+        )
         self.add_state("total", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, preds: Sequence[str], targets: Sequence[str]) -> None:
@@ -72,7 +76,10 @@ class CaptionQuality(Metric):
             raise ValueError(f"{len(preds)} predicted captions for {len(targets)} true ones")
         if not preds:
             return
-        pairs = [(normalize_caption(p), normalize_caption(t)) for p, t in zip(preds, targets)]
+        pairs = [
+            (normalize_caption(p), normalize_caption(t))
+            for p, t in zip(preds, targets, strict=True)
+        ]
         self.exact += sum(p == t for p, t in pairs)
         # rouge_score averages over the pairs; times their number is their sum.
         scores = rouge_score(list(preds), list(targets), rouge_keys="rougeL")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +68,8 @@ def build_causal_lm(source: ModelSource, vocab_size: int) -> PreTrainedModel:
         The LM.
 
     Raises:
-        ValueError: If a config dict is invalid (see :func:`~jepa_lightning.encoders.hf.build_config`).
+        ValueError: If a config dict is invalid (see
+            :func:`~jepa_lightning.encoders.hf.build_config`).
     """
     if isinstance(source, Mapping):
         config = build_config({"vocab_size": vocab_size, **source})
@@ -142,7 +143,7 @@ class YDecoder(nn.Module):
     @property
     def embed_dim(self) -> int:
         """Width of the embeddings it reads."""
-        return int(self.projection[0].in_features)
+        return int(cast(nn.Linear, self.projection[0]).in_features)
 
     def prefix(self, embeddings: Tensor) -> Tensor:
         """The LM input embeddings that condition on ``embeddings``.
@@ -161,7 +162,7 @@ class YDecoder(nn.Module):
             raise ValueError(
                 f"embeddings must be (B, {self.embed_dim}), got {tuple(embeddings.shape)}"
             )
-        weight = self.projection[0].weight
+        weight = next(self.projection.parameters())
         unit = F.normalize(embeddings.to(device=weight.device, dtype=weight.dtype), dim=-1)
         return self.projection(unit).view(len(embeddings), self.prefix_length, -1)
 
@@ -182,7 +183,7 @@ class YDecoder(nn.Module):
         for index, row in enumerate(rows):
             ids[index, : len(row)] = torch.tensor(row)
             mask[index, : len(row)] = 1
-        device = self.projection[0].weight.device
+        device = next(self.projection.parameters()).device
         return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
     def forward(self, embeddings: Tensor, captions: Sequence[str]) -> Tensor:
@@ -249,7 +250,7 @@ class YDecoder(nn.Module):
         )
         attention = torch.ones(inputs.shape[:2], dtype=torch.long, device=inputs.device)
         # With inputs_embeds alone, a decoder-only LM returns the new tokens only.
-        tokens = self.lm.generate(
+        tokens = self.lm.generate(  # type: ignore[operator]
             inputs_embeds=inputs, attention_mask=attention, generation_config=config
         )
         texts = self.tokenizer.batch_decode(

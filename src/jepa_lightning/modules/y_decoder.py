@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from lightning.pytorch import LightningModule
@@ -75,14 +75,18 @@ class YDecoderModule(GroupedOptimizer, LightningModule):
             raise ValueError(f"condition must be one of {', '.join(CONDITIONS)}, got {condition!r}")
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.vl_jepa: PretrainedVLJEPA = load_model(vl_jepa).requires_grad_(False)
-        self.decoder = YDecoder(lm, tokenizer, self.vl_jepa.model.embed_dim, prefix_length, max_length)
+        self.decoder = YDecoder(
+            lm, tokenizer, self.vl_jepa.model.embed_dim, prefix_length, max_length
+        )
         self.condition = condition
         self.num_beams = num_beams
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.warmup_steps = warmup_steps
         self.min_lr_ratio = min_lr_ratio
-        self.val_quality = nn.ModuleDict({"predicted": CaptionQuality(), "target": CaptionQuality()})
+        self.val_quality = nn.ModuleDict(
+            {"predicted": CaptionQuality(), "target": CaptionQuality()}
+        )
 
     def train(self, mode: bool = True) -> YDecoderModule:
         """Sets the decoder's mode; the frozen VL-JEPA stays in eval mode.
@@ -113,7 +117,7 @@ class YDecoderModule(GroupedOptimizer, LightningModule):
 
     @torch.no_grad()
     def embeddings(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """``ŝ`` (no query) and ``s`` of a batch's rows that count, unit norm, from the frozen model.
+        """``ŝ`` (no query) and ``s`` of the rows that count, unit norm, from the frozen VL-JEPA.
 
         Args:
             batch: Images (or cached tokens) and captions.
@@ -144,11 +148,12 @@ class YDecoderModule(GroupedOptimizer, LightningModule):
         captions = batch.valid_rows().captions
         for name, embeddings in (("predicted", predicted), ("target", target)):
             generated = self.decoder.generate(embeddings, num_beams=self.num_beams)
-            self.val_quality[name].update(generated, captions)
+            cast(CaptionQuality, self.val_quality[name]).update(generated, captions)
 
     def on_validation_epoch_end(self) -> None:
         """Logs the exact-match rate and ROUGE-L of each condition over the validation set."""
-        for name, metric in self.val_quality.items():
+        for name, module in self.val_quality.items():
+            metric = cast(CaptionQuality, module)
             scores = metric.compute()
             self.log_dict({f"val/{name}/{key}": value for key, value in scores.items()})
             metric.reset()

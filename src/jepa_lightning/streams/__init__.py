@@ -1,4 +1,4 @@
-"""Selective decoding of embedding streams: segment where the meaning changes, decode once a segment.
+"""Selective decoding: segment a stream of embeddings where its meaning changes, decode once each.
 
 :mod:`~jepa_lightning.streams.segment` places the boundaries (a cosine change detector, the
 paper's temporally constrained agglomerative clustering, or uniform segments);

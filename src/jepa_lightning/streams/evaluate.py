@@ -26,11 +26,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from jepa_lightning.inference import PretrainedVLJEPA, load_model
@@ -115,7 +117,9 @@ def decodes_needed(points: Sequence[Point], quality: float, key: str = "rougeL")
     return None
 
 
-def savings(uniform: Sequence[Point], selective: Sequence[Point], key: str = "rougeL") -> list[Point]:
+def savings(
+    uniform: Sequence[Point], selective: Sequence[Point], key: str = "rougeL"
+) -> list[Point]:
     """At each uniform budget, how many times fewer decodes the selective method needs.
 
     Args:
@@ -136,6 +140,10 @@ def savings(uniform: Sequence[Point], selective: Sequence[Point], key: str = "ro
             row.update(decodes_needed=needed, ratio=point["decodes"] / needed)
         rows.append(row)
     return rows
+
+
+def _uniform(stream: Tensor, num_segments: int) -> list[int]:
+    return uniform_segments(len(stream), num_segments)
 
 
 def _score(timelines: list[tuple[list[str], list[str]]]) -> dict[str, float]:
@@ -176,10 +184,9 @@ def _plot(curves: dict[str, list[Point]], ceiling: float, path: Path) -> np.ndar
     axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path)
-    figure.canvas.draw()
-    pixels = np.asarray(figure.canvas.buffer_rgba())[:, :, :3].copy()
     plt.close(figure)
-    return pixels
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 def _write_tensorboard(folder: Path, curves: dict[str, list[Point]], pixels: np.ndarray) -> None:
@@ -230,9 +237,11 @@ def evaluate_streams(
     if any(not 1 <= budget <= length for budget in budgets):
         raise ValueError(f"budgets must be in [1, {length}] (embeddings per stream), got {budgets}")
     methods: dict[str, list[tuple[float, Callable[[Tensor], list[int]]]]] = {
-        "uniform": [(b, lambda s, b=b: uniform_segments(len(s), b)) for b in budgets],
-        "cluster": [(b, lambda s, b=b: cluster_segments(s, b)) for b in budgets],
-        "change": [(t, lambda s, t=t: detect_changes(s, t, patience)) for t in thresholds],
+        "uniform": [(b, partial(_uniform, num_segments=b)) for b in budgets],
+        "cluster": [(b, partial(cluster_segments, num_segments=b)) for b in budgets],
+        "change": [
+            (t, partial(detect_changes, threshold=t, patience=patience)) for t in thresholds
+        ],
     }
     timelines: dict[tuple[str, float], list[tuple[list[str], list[str]]]] = {}
     decodes: dict[tuple[str, float], list[int]] = {}
@@ -256,9 +265,10 @@ def evaluate_streams(
                 truth_timelines.append((timeline, stream.captions))
                 scene_counts.append(len(starts))
                 continue
-            method, setting = name.split(":")
-            timelines.setdefault((method, float(setting)), []).append((timeline, stream.captions))
-            decodes.setdefault((method, float(setting)), []).append(len(starts))
+            method, value = name.split(":")
+            key = (method, float(value))
+            timelines.setdefault(key, []).append((timeline, stream.captions))
+            decodes.setdefault(key, []).append(len(starts))
     curves: dict[str, list[Point]] = {method: [] for method in methods}
     for (method, setting), pairs in timelines.items():
         point = {"setting": setting, "decodes": float(np.mean(decodes[(method, setting)]))}
@@ -324,14 +334,16 @@ def decode_streams(
 
     shapes = ShapesSpec(image_size=network.image_size)
     spec = ShapeStreamSpec(num_frames, min_scene, max_scene, shapes)
+    budgets = list(budgets or DEFAULT_BUDGETS)
+    thresholds = list(thresholds or DEFAULT_THRESHOLDS)
     settings = {
         "model": model,
         "num_streams": num_streams,
         "num_frames": num_frames,
         "min_scene": min_scene,
         "max_scene": max_scene,
-        "budgets": list(budgets or DEFAULT_BUDGETS),
-        "thresholds": list(thresholds or DEFAULT_THRESHOLDS),
+        "budgets": budgets,
+        "thresholds": thresholds,
         "patience": patience,
         "window": window,
         "seed": seed,
@@ -341,17 +353,15 @@ def decode_streams(
         network,
         spec,
         num_streams,
-        settings["budgets"],
-        settings["thresholds"],
+        budgets,
+        thresholds,
         patience,
         window,
         seed,
         num_beams,
     )
     curves = result["curves"]
-    result["savings"] = {
-        method: savings(curves["uniform"], curves[method]) for method in SELECTIVE
-    }
+    result["savings"] = {method: savings(curves["uniform"], curves[method]) for method in SELECTIVE}
     result = {"settings": settings, **result, "seconds": time.perf_counter() - started}
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)

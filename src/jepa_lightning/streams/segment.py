@@ -52,7 +52,11 @@ def segment_bounds(starts: list[int], length: int) -> list[tuple[int, int]]:
     Raises:
         ValueError: If ``starts`` is not a valid segmentation of a stream of ``length``.
     """
-    if not starts or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
+    if (
+        not starts
+        or starts[0] != 0
+        or any(b <= a for a, b in zip(starts, starts[1:], strict=False))
+    ):
         raise ValueError(f"a segmentation starts at 0 and increases strictly, got {starts}")
     if starts[-1] >= length:
         raise ValueError(f"segment start {starts[-1]} is past the stream's end ({length})")
