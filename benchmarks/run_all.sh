@@ -59,4 +59,8 @@ run bench_info_nce.py
 if [[ "${LEARNING:-1}" == 1 ]]; then
     run bench_learning.py
 fi
+# Needs a trained captioner (jepa-lightning export-decoder, docs/DECODING.md); tiny under SMOKE.
+if [[ -n "${CAPTIONER:-}" || "${SMOKE:-0}" == 1 ]]; then
+    run bench_selective_decoding.py ${CAPTIONER:+--model "$CAPTIONER"}
+fi
 python benchmarks/results_table.py --results "$results" "${table[@]}"
