@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning_utilities.core.imports import RequirementCache
 from PIL import Image
 from torch import Tensor
 
@@ -326,7 +327,12 @@ def decode_streams(
 
     Raises:
         ValueError: If the model has no Y-decoder or a budget is out of range.
+        ModuleNotFoundError: If matplotlib (the ``plot`` extra) is missing.
     """
+    if not RequirementCache("matplotlib"):
+        raise ModuleNotFoundError(
+            "decode-streams draws its plot with matplotlib: pip install 'jepa-lightning[plot]'"
+        )
     started = time.perf_counter()
     network = load_model(model, device=device, batch_size=batch_size)
     network._decoder()
