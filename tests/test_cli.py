@@ -123,6 +123,23 @@ def test_fit_fast_dev_run_end_to_end(tmp_path, shapes_root, capsys) -> None:
     assert not list(tmp_path.rglob("events.out.*"))
 
 
+def test_fit_without_progress_bar(tmp_path, shapes_root, capsys) -> None:
+    # The always-on progress bar steps aside (Lightning refuses a bar callback beside it).
+    main(
+        [
+            "fit",
+            "--config",
+            CONFIG,
+            "--trainer.fast_dev_run=1",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path}",
+            *tiny_overrides(shapes_root),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "R@1" in out and "Epoch 0" not in out
+
+
 @pytest.mark.slow
 def test_fit_writes_under_default_root_dir_and_prints_recall(tmp_path, shapes_root, capsys) -> None:
     root = tmp_path / "x"

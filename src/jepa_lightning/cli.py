@@ -174,10 +174,10 @@ def _lightning_cli_class() -> type[LightningCLI]:
     class JEPALightningCLI(LightningCLI):
         """LightningCLI with a rich progress bar, one output folder and short errors.
 
-        The progress bar is always on and configured under its own key
-        (``progress_bar.*``), so a config's ``trainer.callbacks`` list adds to it
-        instead of replacing it. The logger's ``save_dir`` is always
-        ``trainer.default_root_dir``; the data module gets the model's
+        The progress bar is on unless ``trainer.enable_progress_bar`` is false, and
+        configured under its own key (``progress_bar.*``), so a config's
+        ``trainer.callbacks`` list adds to it instead of replacing it. The logger's
+        ``save_dir`` is always ``trainer.default_root_dir``; the data module gets the model's
         ``batch_collator()``. Wrong arguments and classes that refuse
         their arguments end in a one-line error; errors in training keep their
         traceback. ``fit`` and ``validate`` end with the retrieval recall and
@@ -199,6 +199,12 @@ def _lightning_cli_class() -> type[LightningCLI]:
                 compute_fn=methodcaller("batch_collator"),
                 apply_on="instantiate",
             )
+
+        def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+            # Lightning refuses a progress bar callback beside enable_progress_bar=False.
+            if config.get("enable_progress_bar") is False:
+                callbacks = [c for c in callbacks if not isinstance(c, RichProgressBar)]
+            return super()._instantiate_trainer(config, callbacks)
 
         def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
             """Parses the arguments; a wrong one ends the command with a short error.
