@@ -144,3 +144,26 @@ def test_caption_command_writes_captions_and_scores(vl_jepa_export, tmp_path, ca
 def test_unknown_condition_is_refused(vl_jepa_export) -> None:
     with pytest.raises(ValueError, match="condition must be one of"):
         decoder_module(vl_jepa_export, condition="caption")
+
+
+@pytest.mark.slow
+def test_config_fits_from_the_command_line(vl_jepa_export, shapes_root, tmp_path) -> None:
+    config = str(Path(__file__).resolve().parents[2] / "configs" / "y_decoder_shapes_tiny.yaml")
+    main(
+        [
+            "fit", "--config", config,
+            f"--model.init_args.vl_jepa={vl_jepa_export}",
+            "--model.init_args.lm.hidden_size=32", "--model.init_args.lm.intermediate_size=64",
+            "--model.init_args.lm.num_attention_heads=2",
+            "--model.init_args.lm.num_key_value_heads=2",
+            f"--data.init_args.root={shapes_root}", "--data.init_args.train_samples=256",
+            "--data.init_args.val_samples=64", "--data.init_args.image_size=32",
+            "--data.init_args.batch_size=16", "--data.init_args.num_workers=0",
+            "--trainer.max_steps=2", "--trainer.val_check_interval=2",
+            "--trainer.limit_val_batches=1", f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )  # fmt: skip
+    checkpoint = tmp_path / "y_decoder" / "version_0" / "checkpoints" / "last.ckpt"
+    folder = tmp_path / "captioner"
+    main(["export-decoder", str(checkpoint), str(folder)])
+    assert PretrainedVLJEPA.from_pretrained(str(folder)).decoder is not None
