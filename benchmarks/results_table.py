@@ -1,7 +1,8 @@
 """Writes ``benchmarks/RESULTS.md`` from the benchmarks' JSON files in ``benchmarks/results/``.
 
 The page has one table of the headline figures (each with its goal, the machine and the date
-of its run) and then each benchmark's own table, as it printed it. Smoke runs
+of its run), then each benchmark's own table, as it printed it, then the headline figures of
+the recorded runs in ``results/runs/`` (files with a ``headline``). Smoke runs
 (``results/smoke/``) are left out unless ``--include-smoke``.
 
 Usage::
@@ -51,7 +52,28 @@ def value(number: float) -> str:
     return f"{number:.3g}" if abs(number) < 1000 else f"{number:.0f}"
 
 
-def render(results: list[dict[str, Any]]) -> str:
+def render_runs(runs: list[dict[str, Any]]) -> list[str]:
+    """The section of recorded runs: each ``headline`` figure with the run's machine and date."""
+    lines = [
+        "",
+        "## Recorded runs",
+        "",
+        "Measurements that are not timing benchmarks (training runs, the DDP stress harness), "
+        "from `benchmarks/results/runs/*.json`; each file says how it was run.",
+        "",
+        "| run | figure | value | machine | date | commit |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for run in runs:
+        for h in run["headline"]:
+            lines.append(
+                f"| {run['benchmark']} | {cell(h['metric'])} | {value(h['value'])} | "
+                f"{cell(run['machine'])} | {run['date'][:10]} | {run['commit']} |"
+            )
+    return lines
+
+
+def render(results: list[dict[str, Any]], runs: list[dict[str, Any]] | None = None) -> str:
     lines = [
         "# Benchmark results",
         "",
@@ -89,6 +111,8 @@ def render(results: list[dict[str, Any]]) -> str:
             "|" + " --- |" * len(header),
             *("| " + " | ".join(cell(c) for c in row) + " |" for row in rows),
         ]
+    if runs:
+        lines += render_runs(runs)
     return "\n".join(lines) + "\n"
 
 
@@ -101,8 +125,10 @@ def main() -> None:
     found = {path.stem: json.loads(path.read_text()) for path in args.results.glob("*.json")}
     found = {n: r for n, r in found.items() if args.include_smoke or not r.get("smoke")}
     names = [n for n in ORDER if n in found] + sorted(set(found) - set(ORDER))
-    args.out.write_text(render([found[name] for name in names]))
-    print(f"wrote {args.out} ({len(names)} benchmarks)")
+    runs = [json.loads(path.read_text()) for path in sorted((args.results / "runs").glob("*.json"))]
+    runs = [run for run in runs if run.get("headline")]
+    args.out.write_text(render([found[name] for name in names], runs))
+    print(f"wrote {args.out} ({len(names)} benchmarks, {len(runs)} recorded runs)")
 
 
 if __name__ == "__main__":

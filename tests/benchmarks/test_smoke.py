@@ -71,3 +71,22 @@ def test_results_table_renders_the_results(tmp_path: Path) -> None:
     assert result["headline"][0]["metric"] in text
     assert "| " + " | ".join(result["table"]["header"]) + " |" in text
     assert result["machine"]["cpu"]["model"] in text
+    assert "Recorded runs" not in text  # no results/runs/ here
+
+
+def test_results_table_lists_the_recorded_runs(tmp_path: Path) -> None:
+    (tmp_path / "runs").mkdir()
+    record = {
+        "benchmark": "a_run",
+        "date": "2026-11-29",
+        "machine": "a machine",
+        "commit": "abc1234",
+        "headline": [{"metric": "R@1 at step 900", "value": 0.982}],
+    }
+    (tmp_path / "runs" / "a_run.json").write_text(json.dumps(record))
+    (tmp_path / "runs" / "no_headline.json").write_text(json.dumps({"benchmark": "unlisted_run"}))
+    page = tmp_path / "RESULTS.md"
+    run(str(BENCHMARKS / "results_table.py"), "--results", str(tmp_path), "--out", str(page))
+    text = page.read_text()
+    assert "| a_run | R@1 at step 900 | 0.982 | a machine | 2026-11-29 | abc1234 |" in text
+    assert "unlisted_run" not in text
