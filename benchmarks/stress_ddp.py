@@ -282,6 +282,15 @@ def run_fit(
     return record
 
 
+def summary_headline(label: str, fits: int, counts: dict[str, int]) -> list[dict[str, Any]]:
+    """The figures ``benchmarks/RESULTS.md`` lists for a run (see ``results_table.py``)."""
+    name = f"{label}: " if label else ""
+    return [
+        {"metric": f"{name}2-rank fits that hung, of {fits}", "value": counts["hung"]},
+        {"metric": f"{name}2-rank fits that failed, of {fits}", "value": counts["failed"]},
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fits", type=int, default=100, help="number of fits")
@@ -318,6 +327,11 @@ def main() -> None:
 
     counts = {s: sum(r["status"] == s for r in records) for s in ("ok", "hung", "failed")}
     summary = {
+        "benchmark": "stress_ddp_cli" if args.cli else "stress_ddp",
+        "headline": summary_headline(args.label, fits, counts),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+        ).stdout.strip(),
         "label": args.label,
         "machine": platform.platform(),
         "cpus": os.cpu_count(),
