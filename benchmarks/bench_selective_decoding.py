@@ -23,6 +23,8 @@ from typing import Any
 
 import common
 
+from jepa_lightning.streams.evaluate import ratio_text
+
 PAPER_RATIO = 2.85
 
 
@@ -91,11 +93,8 @@ def main() -> None:
         row = [f"{point['decodes']:.0f}", f"{point['rougeL']:.3f}"]
         for method in ("cluster", "change"):
             saved = result["savings"][method][index]
-            row += (
-                [f"{saved['decodes_needed']:.1f}", f"{saved['ratio']:.2f}"]
-                if "ratio" in saved
-                else ["-", "-"]
-            )
+            needed = f"{saved['decodes_needed']:.1f}" if "ratio" in saved else "-"
+            row += [needed, ratio_text(saved)]
         rows.append(row)
     headlines = []
     for method in ("cluster", "change"):

@@ -43,9 +43,10 @@ def test_decodes_needed_interpolates_on_the_monotone_curve() -> None:
     assert decodes_needed(curve, 0.4) == 2.0  # the smallest budget already does
     assert decodes_needed(curve, 0.95) is None
     uniform = [{"decodes": 12.0, "rougeL": 0.6}, {"decodes": 64.0, "rougeL": 0.99}]
-    rows = savings(uniform, curve)
-    assert rows[0]["ratio"] == pytest.approx(12.0 / 3.0)
-    assert "ratio" not in rows[1]
+    rows = savings([{"decodes": 1.0, "rougeL": 0.3}, *uniform], curve)
+    assert rows[0]["ratio"] == pytest.approx(1.0 / 2.0) and rows[0]["lower_bound"] == 1.0
+    assert rows[1]["ratio"] == pytest.approx(12.0 / 3.0) and rows[1]["lower_bound"] == 0.0
+    assert "ratio" not in rows[2]
 
 
 def test_command_writes_json_plot_and_tensorboard(trained_like, tmp_path, capsys) -> None:  # noqa: F811

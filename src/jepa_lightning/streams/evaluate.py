@@ -131,14 +131,17 @@ def savings(
     Returns:
         Per uniform point: its ``decodes`` and quality, the selective ``decodes_needed`` and
         their ``ratio`` (uniform / selective; absent where the selective method never
-        reaches that quality).
+        reaches that quality), and ``lower_bound`` (1.0 where the selective method's fewest
+        measured decodes already do better: fewer might do, so the ratio is at least this).
     """
+    fewest = min(point["decodes"] for point in selective)
     rows = []
     for point in sorted(uniform, key=lambda p: p["decodes"]):
         needed = decodes_needed(selective, point[key], key)
         row = {"decodes": point["decodes"], key: point[key]}
         if needed is not None:
             row.update(decodes_needed=needed, ratio=point["decodes"] / needed)
+            row["lower_bound"] = float(needed == fewest)
         rows.append(row)
     return rows
 
@@ -379,6 +382,20 @@ def decode_streams(
     return result
 
 
+def ratio_text(row: Point) -> str:
+    """A :func:`savings` row's ratio as printed: ``>=`` where it is a lower bound, ``-`` where none.
+
+    Args:
+        row: The row.
+
+    Returns:
+        The text.
+    """
+    if "ratio" not in row:
+        return "-"
+    return f"{'>=' if row['lower_bound'] else ''}{row['ratio']:.2f}"
+
+
 def _print_tables(result: dict[str, Any], folder: Path) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -402,7 +419,7 @@ def _print_tables(result: dict[str, Any], folder: Path) -> None:
     table = Table("uniform decodes", "uniform ROUGE-L", *(f"{m}: x fewer" for m in SELECTIVE))
     rows = zip(*(result["savings"][m] for m in SELECTIVE), strict=True)
     for row in rows:
-        ratios = [f"{r['ratio']:.2f}" if "ratio" in r else "-" for r in row]
+        ratios = [ratio_text(r) for r in row]
         table.add_row(f"{row[0]['decodes']:.0f}", f"{row[0]['rougeL']:.3f}", *ratios)
     table.title = "decodes that selective decoding saves at uniform decoding's quality"
     console.print(table)
