@@ -5,13 +5,14 @@ Every side runs ``Trainer.fit`` on the default model (``configs/shapes_tiny.yaml
 in no side; see ``steps.py``):
 
 * ``fp32 before``: ``32-true``, AdamW's per-parameter loop (``fused=False``), the attention
-  kernel that PyTorch picks (the state before issue 14; the baseline of every ratio);
-* ``bf16 before``: ``bf16-mixed`` with the same optimizer and PyTorch's attention choice
-  (its CPU flash-attention backward is slow in bfloat16);
-* ``fp32 after``: ``32-true`` with fused AdamW;
-* ``bf16 after``: ``bf16-mixed`` with fused AdamW and the predictor's math attention kernel
-  under bfloat16 (what the default config, ``precision: auto``, runs on a CPU with native
-  bf16).
+  kernel that PyTorch picks, and the Y-encoder with BERT's dropout (0.1): the state before
+  issue 14, the baseline of every ratio;
+* ``bf16 before``: ``bf16-mixed`` with the same model, optimizer and attention choice (the
+  CPU flash-attention backward is slow in bfloat16);
+* ``fp32 after``: ``32-true``, the config as shipped (fused AdamW, no dropout);
+* ``bf16 after``: ``bf16-mixed``, the config as shipped, with the package's attention rule
+  (``encoders.hf.attention_kernel``: the math kernel where a bfloat16 backward follows on
+  the CPU); what ``precision: auto`` runs on a CPU with native bf16.
 
 Repeats alternate their order (A B C D, D C B A, ...); medians and spreads are reported. The
 first batch's loss under each precision is given too. Goal (issue 14): ``bf16 after`` at most
@@ -34,33 +35,53 @@ import common
 import torch
 from steps import build_model, lightning_run, load_config, make_batches
 
+import jepa_lightning.encoders.text
+import jepa_lightning.encoders.vision
 import jepa_lightning.predictor
 from jepa_lightning.models import BatchForward
 from jepa_lightning.modules import VLJEPA
 from jepa_lightning.trainer import resolve_precision
 
 GOAL = 0.5
-SIDES: dict[str, tuple[str, bool, bool]] = {
-    # name: (precision, fused AdamW, math attention kernel under bf16 on the CPU)
-    "fp32 before": ("32-true", False, False),
-    "bf16 before": ("bf16-mixed", False, False),
-    "fp32 after": ("32-true", True, True),
-    "bf16 after": ("bf16-mixed", True, True),
+SIDES: dict[str, tuple[str, bool]] = {
+    # name: (precision, after issue 14)
+    "fp32 before": ("32-true", False),
+    "bf16 before": ("bf16-mixed", False),
+    "fp32 after": ("32-true", True),
+    "bf16 after": ("bf16-mixed", True),
 }
+
+
+KERNEL_USERS = (
+    jepa_lightning.predictor,
+    jepa_lightning.encoders.text,
+    jepa_lightning.encoders.vision,
+)
 
 
 @contextlib.contextmanager
 def attention_choice(math_under_bf16: bool) -> Iterator[None]:
-    """The predictor's attention kernel: its own rule, or PyTorch's choice (before)."""
+    """The attention kernels: the package's rule (``attention_kernel``), or PyTorch's choice."""
     if math_under_bf16:
         yield
         return
-    rule = jepa_lightning.predictor._attention_backend
-    jepa_lightning.predictor._attention_backend = lambda hidden: contextlib.nullcontext()
+    rules = [module.attention_kernel for module in KERNEL_USERS]
+    for module in KERNEL_USERS:
+        module.attention_kernel = lambda device, dtype: contextlib.nullcontext()
     try:
         yield
     finally:
-        jepa_lightning.predictor._attention_backend = rule
+        for module, rule in zip(KERNEL_USERS, rules, strict=True):
+            module.attention_kernel = rule
+
+
+def before_issue_14(section: dict[str, Any]) -> dict[str, Any]:
+    """The config's model as it was before issue 14: the Y-encoder with BERT's dropout (0.1)."""
+    before = copy.deepcopy(section)
+    text_model = before["init_args"]["text_encoder"]["init_args"]["model"]
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        text_model.pop(key, None)
+    return before
 
 
 def with_optimizer(model: VLJEPA, init_args: dict[str, Any], fused: bool) -> VLJEPA:
@@ -81,23 +102,26 @@ def main() -> None:
     common.setup(args)
 
     config = load_config()
-    initial = build_model(config["model"])
+    initial = {
+        True: build_model(config["model"]),
+        False: build_model(before_issue_14(config["model"])),
+    }
     optimizer_args = dict(config["model"]["init_args"]["optimizer"].get("init_args", {}))
     optimizer_args.pop("fused", None)
     batch_size = args.batch_size or int(config["data"]["init_args"]["batch_size"])
-    batches = make_batches(initial, args.steps, batch_size)
+    batches = make_batches(initial[True], args.steps, batch_size)
 
-    losses = {}
+    shipped = initial[True].eval()  # the first batch's loss, without dropout's noise
     with torch.no_grad():
-        losses["32-true"] = initial.compute_losses(BatchForward(initial.model, batches[0]))
+        losses = {"32-true": shipped.compute_losses(BatchForward(shipped.model, batches[0]))}
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            losses["bf16-mixed"] = initial.compute_losses(BatchForward(initial.model, batches[0]))
+            losses["bf16-mixed"] = shipped.compute_losses(BatchForward(shipped.model, batches[0]))
     first_loss = {name: value["loss"].item() for name, value in losses.items()}
 
-    def run(precision: str, fused: bool, math: bool) -> Callable[[], common.Timing]:
+    def run(precision: str, after: bool) -> Callable[[], common.Timing]:
         def side() -> common.Timing:
-            model = with_optimizer(copy.deepcopy(initial), optimizer_args, fused)
-            with attention_choice(math):
+            model = with_optimizer(copy.deepcopy(initial[after]), optimizer_args, fused=after)
+            with attention_choice(math_under_bf16=after):
                 return lightning_run(model, batches, args.warmup, precision)
 
         return side
@@ -107,13 +131,14 @@ def main() -> None:
     base = summary["fp32 before"]["wall"]["median"]
     base_cpu = summary["fp32 before"]["cpu"]["median"]
     rows = []
-    for name, (precision, fused, math) in SIDES.items():
+    for name, (precision, after) in SIDES.items():
         wall, cpu = summary[name]["wall"], summary[name]["cpu"]
         rows.append(
             [
                 name,
-                "fused" if fused else "for-loop",
-                "math (bf16)" if math else "PyTorch's",
+                "fused" if after else "for-loop",
+                "math where bf16 backward" if after else "PyTorch's",
+                "0" if after else "0.1",
                 common.ms(wall["median"]),
                 f"{100 * wall['spread']:.0f}%",
                 f"{wall['median'] / base:.3f}",
@@ -142,7 +167,17 @@ def main() -> None:
         args,
         "precision",
         "Default training step (Trainer.fit): fp32 and bf16-mixed, before and after",
-        ["side", "AdamW", "attention", "ms/step", "spread", "/ fp32 before", "cpu ratio", "loss@0"],
+        [
+            "side",
+            "AdamW",
+            "attention",
+            "Y dropout",
+            "ms/step",
+            "spread",
+            "/ fp32 before",
+            "cpu ratio",
+            "loss@0",
+        ],
         rows,
         headlines,
         {

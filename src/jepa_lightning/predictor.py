@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
-from jepa_lightning.encoders.hf import ModelSource, build_model
+from jepa_lightning.encoders.hf import ModelSource, attention_kernel, build_model
 from jepa_lightning.encoders.text import masked_mean
 
 DEFAULT_PREDICTOR_LM: dict[str, Any] = {
@@ -24,30 +22,6 @@ DEFAULT_PREDICTOR_LM: dict[str, Any] = {
     "max_position_embeddings": 512,
 }
 """A tiny random Llama-style transformer: the predictor for smoke tests."""
-
-
-def _attention_backend(hidden: Tensor) -> AbstractContextManager[None]:
-    """The attention kernel for ``hidden``: the math one for bfloat16 on the CPU, else any.
-
-    On the CPU, the flash-attention kernel's backward in bfloat16 (bf16-mixed autocast or
-    bf16 weights) is several times slower than the math kernel's (see
-    ``benchmarks/bench_precision.py``); in float32, and on GPUs, the default choice is best.
-
-    Args:
-        hidden: The layer's input.
-
-    Returns:
-        A context that restricts scaled-dot-product attention to the math kernel, or does
-        nothing.
-    """
-    if hidden.device.type != "cpu":
-        return nullcontext()
-    autocast_bf16 = (
-        torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    )
-    if autocast_bf16 or hidden.dtype == torch.bfloat16:
-        return sdpa_kernel(SDPBackend.MATH)
-    return nullcontext()
 
 
 class Predictor(nn.Module):
@@ -200,6 +174,14 @@ class Predictor(nn.Module):
         # Bidirectional: every query position attends to every real token.
         attention_mask = valid[:, None, None, :]
         position_embeddings = self.rotary_emb(hidden, position_ids)
+        device_type = hidden.device.type
+        if torch.is_autocast_enabled(device_type):
+            # The rotary tables come in the residual stream's float32 while the projected
+            # queries and keys are in the autocast dtype: rotating in float32 would cast every
+            # query and key there and back. A model with bf16 weights rotates in bf16 too.
+            dtype = torch.get_autocast_dtype(device_type)
+            cos, sin = position_embeddings
+            position_embeddings = (cos.to(dtype), sin.to(dtype))
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 hidden = checkpoint(
@@ -226,7 +208,7 @@ class Predictor(nn.Module):
         position_embeddings: tuple[Tensor, Tensor],
     ) -> Tensor:
         # Inside the (checkpointed) layer, so that a recomputation picks the same kernel.
-        with _attention_backend(hidden):
+        with attention_kernel(hidden.device, hidden.dtype):
             output = layer(
                 hidden,
                 attention_mask=attention_mask,

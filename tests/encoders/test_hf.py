@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import pytest
-from conftest import TINY_BERT, TINY_LLAMA, TINY_VIT
+import torch
+import torch.nn.functional as F
+from conftest import TINY_BERT, TINY_LLAMA, TINY_VIT, TOKENIZER
 
-from jepa_lightning.encoders.hf import _DTYPE_KWARG, build_config
+from jepa_lightning.encoders import TextEncoder
+from jepa_lightning.encoders.hf import _DTYPE_KWARG, attention_kernel, build_config
 
 TINY_VJEPA2: dict[str, Any] = {
     "model_type": "vjepa2",
@@ -75,3 +79,44 @@ def test_attribute_map_alias_is_accepted() -> None:
     config = build_config({"model_type": "gpt2", "n_layer": 1, "num_attention_heads": 2})
     assert config.num_hidden_layers == 1
     assert config.n_head == 2
+
+
+def _attention_node(device_dtype: torch.dtype, autocast: bool, grad: bool) -> str:
+    """The autograd node of one attention call made inside ``attention_kernel``'s context."""
+    query = torch.randn(2, 2, 4, 8, dtype=device_dtype, requires_grad=True)
+    with (
+        torch.set_grad_enabled(grad),
+        torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast),
+        attention_kernel(query.device, query.dtype),
+    ):
+        output = F.scaled_dot_product_attention(query, query, query)
+    return type(output.grad_fn).__name__
+
+
+def test_attention_kernel_is_math_only_for_a_cpu_bfloat16_backward() -> None:
+    flash = "ScaledDotProductFlashAttentionForCpuBackward0"
+    # float32: PyTorch's choice (flash on the CPU).
+    assert _attention_node(torch.float32, autocast=False, grad=True) == flash
+    # bfloat16 by autocast or by weights, with a backward to come: the math kernel.
+    assert _attention_node(torch.float32, autocast=True, grad=True) != flash
+    assert _attention_node(torch.bfloat16, autocast=False, grad=True) != flash
+    # No backward: the flash kernel's forward is the faster one, so no restriction.
+    with torch.no_grad():
+        assert attention_kernel(torch.device("cpu"), torch.bfloat16).__class__ is nullcontext
+
+
+def test_text_encoder_trains_with_the_math_kernel_under_bf16() -> None:
+    bert = {**TINY_BERT, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    encoder = TextEncoder(bert, tokenizer=TOKENIZER).train()
+    tokens = encoder.tokenize(["a red circle", "a blue square on the left"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = encoder.encode(tokens).tokens
+    seen, stack = set(), [hidden.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack += [parent for parent, _ in node.next_functions]
+    names = {type(node).__name__ for node in seen}
+    assert "ScaledDotProductFlashAttentionForCpuBackward0" not in names
+    hidden.float().sum().backward()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from difflib import get_close_matches
 from typing import Any
 
 import torch
 from lightning_utilities.core.imports import compare_version
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 # ``dtype`` replaced ``torch_dtype`` in transformers 4.56.
@@ -113,3 +115,31 @@ def describe_source(source: ModelSource) -> str:
     if isinstance(source, Mapping):
         return f"config:{source.get('model_type', '?')}"
     return f"pretrained:{source}"
+
+
+def attention_kernel(device: torch.device, dtype: torch.dtype) -> AbstractContextManager[None]:
+    """The attention kernel for a transformer: math for a CPU bfloat16 backward, else any.
+
+    On the CPU, the flash-attention kernel's backward in bfloat16 (bf16-mixed autocast or
+    bf16 weights) is several times slower than the math kernel's (see
+    ``benchmarks/bench_precision.py``), while its forward is several times faster; in
+    float32, and on GPUs, PyTorch's own choice is best. So the math kernel is chosen only
+    where a backward follows (gradients enabled). Run the forward inside the context: the
+    backward follows the forward's kernel.
+
+    Args:
+        device: The device of the transformer's input.
+        dtype: The dtype of its input or weights.
+
+    Returns:
+        A context that restricts scaled-dot-product attention to the math kernel, or does
+        nothing.
+    """
+    if device.type != "cpu" or not torch.is_grad_enabled():
+        return nullcontext()
+    autocast_bf16 = (
+        torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+    if autocast_bf16 or dtype == torch.bfloat16:
+        return sdpa_kernel(SDPBackend.MATH)
+    return nullcontext()

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from jepa_lightning.assets import resolve_tokenizer
 from jepa_lightning.encoders.base import EncoderOutput, ModalityEncoder, SampleCodec
-from jepa_lightning.encoders.hf import ModelSource, build_model
+from jepa_lightning.encoders.hf import ModelSource, attention_kernel, build_model
 
 
 def masked_mean(tokens: Tensor, mask: Tensor) -> Tensor:
@@ -197,9 +197,11 @@ class TextEncoder(ModalityEncoder):
         Returns:
             The last hidden states and the attention mask as booleans.
         """
-        hidden = self.model(
-            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
-        ).last_hidden_state
+        input_ids = inputs["input_ids"]
+        with attention_kernel(input_ids.device, self.model.dtype):
+            hidden = self.model(
+                input_ids=input_ids, attention_mask=inputs["attention_mask"]
+            ).last_hidden_state
         return EncoderOutput(hidden, inputs["attention_mask"].bool())
 
     def embed_tokens(self, input_ids: Tensor) -> Tensor:
