@@ -5,8 +5,9 @@
 * ``bare``: ``tarfile`` iterates the members, PIL decodes each image to RGB, NumPy/torch turn
   it into a ``uint8`` tensor, the caption is decoded; tensors are stacked per batch: the
   least work any loader must do. Run in this process, and in one ``DataLoader`` worker
-  process (an ``IterableDataset`` of the same loop, batches sent back to this process as the
-  data module's are), so that each data-module side has a baseline of the same shape.
+  process started as the data module's are (``forkserver``; an ``IterableDataset`` of the
+  same loop, batches sent back to this process as the data module's are), so that each
+  data-module side has a baseline of the same shape.
 * ``datamodule``: ``WebDataModule.train_dataloader()`` in epoch mode (shard shuffle, a 1000
   sample shuffle buffer, skip accounting) with the collator a VL-JEPA model gives it
   (``ImageCodec(224)``: decode, resize/crop when needed; the BERT tokenizer on captions),
@@ -50,6 +51,7 @@ from transformers import AutoTokenizer
 from jepa_lightning.assets import resolve_tokenizer
 from jepa_lightning.data import WebDataModule
 from jepa_lightning.data.collate import PairCollator
+from jepa_lightning.data.datamodule import worker_start_method
 from jepa_lightning.data.index import read_shard_index
 from jepa_lightning.encoders.text import TextCodec
 from jepa_lightning.encoders.vision import ImageCodec
@@ -96,7 +98,14 @@ class BareStream(IterableDataset):
 def bare_loop(urls: list[str], workers: int) -> int:
     if workers == 0:
         return sum(len(batch) for batch in bare_batches(urls))
-    loader = DataLoader(BareStream(urls), batch_size=None, num_workers=workers)
+    # The data module's start method: a worker started by forkserver runs the main script's
+    # imports again (see jepa_lightning.data.datamodule), a cost that is not the pipeline's.
+    loader = DataLoader(
+        BareStream(urls),
+        batch_size=None,
+        num_workers=workers,
+        multiprocessing_context=worker_start_method(None),
+    )
     return sum(len(batch) for batch in loader)
 
 

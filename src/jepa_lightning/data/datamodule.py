@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
+from types import ModuleType
 from typing import Any, Literal
 
 from lightning.pytorch import LightningDataModule
@@ -62,14 +64,46 @@ def worker_start_method(method: StartMethod | None) -> StartMethod:
     return method
 
 
+def _modules_of_main_script() -> set[str]:
+    """The imported modules that a script run as ``__main__`` names at its top level.
+
+    A worker started by ``forkserver`` (or ``spawn``) runs the parent's main *script* again
+    before its first sample (the ``if __name__ == "__main__"`` idiom); Python 3.11 and 3.12
+    never preload ``__main__`` in the forkserver, whatever its preload list says (CPython
+    gh-126631, fixed in 3.13.1). For the ``jepa-lightning`` console script that rerun
+    imports the whole CLI (Lightning, jsonargparse, transformers): about a second per worker,
+    per epoch and per validation pass. With these modules preloaded the rerun finds them
+    imported. A main *module* (``python -m``) is not run again, and none is needed then.
+
+    Returns:
+        Names of modules (already imported in this process) that ``__main__``'s globals hold
+        or came from; empty when ``__main__`` is a module or has no file.
+    """
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__spec__", None) is not None:
+        return set()
+    if getattr(main, "__file__", None) is None:  # an interactive session
+        return set()
+    names = set()
+    for value in vars(main).values():
+        name = (
+            value.__name__ if isinstance(value, ModuleType) else getattr(value, "__module__", None)
+        )
+        if isinstance(name, str) and name != "__main__" and name in sys.modules:
+            names.add(name)
+    return names
+
+
 def _preload_in_forkserver(stream: ShardStream) -> None:
     """Imports what a worker needs once, in the forkserver, rather than in every worker.
 
-    Only takes effect before the rank's forkserver starts (its first loader); ``__main__``
-    stays preloaded, as by default.
+    That is the stream's and codecs' modules, and what the main script imports (see
+    :func:`_modules_of_main_script`). Only takes effect before the rank's forkserver starts
+    (its first loader).
     """
     codecs = [stream.collator.x, stream.collator.text]
     modules = {type(stream).__module__, *(type(c).__module__ for c in codecs if c is not None)}
+    modules |= _modules_of_main_script()
     multiprocessing.get_context("forkserver").set_forkserver_preload(["__main__", *sorted(modules)])
 
 

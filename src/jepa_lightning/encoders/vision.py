@@ -77,9 +77,11 @@ class ImageCodec:
             ``(3, image_size, image_size)`` ``uint8`` tensor.
         """
         side = (self.image_size, self.image_size)
-        fitted = ImageOps.fit(image.convert("RGB"), side, Image.Resampling.BICUBIC)
-        array = np.asarray(fitted, dtype=np.uint8)
-        return torch.from_numpy(array.copy()).permute(2, 0, 1)
+        # convert() and fit() copy the pixels even when there is nothing to do: skip them then.
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        if rgb.size != side:
+            rgb = ImageOps.fit(rgb, side, Image.Resampling.BICUBIC)
+        return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)
 
     def collate(self, items: Sequence[Tensor]) -> Tensor:
         """Stacks decoded images into ``(B, 3, image_size, image_size)``."""
