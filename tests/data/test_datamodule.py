@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -259,3 +262,42 @@ def test_workers_not_forked_ignore_locks_held_by_the_parents_threads(tmp_path: P
     finally:
         release.set()
         holder.join()
+
+
+MAIN_SCRIPT = """
+import os, sys
+import marked  # a module of the script's own, as a training script imports its helpers
+from jepa_lightning.data import PairCollator, WebDataModule
+from jepa_lightning.encoders.vision import ImageCodec
+
+if __name__ == "__main__":
+    data = WebDataModule(PairCollator(ImageCodec(16)), val_shards=sys.argv[1], batch_size=2,
+                         num_workers=1)
+    for _ in range(3):  # a worker started for each pass
+        assert [len(batch) for batch in data.val_dataloader()] == [2, 2]
+"""
+
+
+@pytest.mark.slow
+def test_workers_find_the_main_scripts_imports_preloaded(tmp_path: Path) -> None:
+    """Python < 3.13 never preloads ``__main__`` in the forkserver, and every worker runs the
+    main script again: its imports must come preloaded, or each worker imports them anew
+    (for the jepa-lightning script, the whole CLI)."""
+    write_shards(tmp_path / "shards", (4,))
+    imports = tmp_path / "imports.txt"
+    (tmp_path / "marked.py").write_text(
+        f"import os\nwith open({str(imports)!r}, 'a') as f:\n    f.write(f'{{os.getpid()}}\\n')\n"
+    )
+    (tmp_path / "train.py").write_text(MAIN_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "train.py"), str(tmp_path / "shards")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    # Imported by the script and once by the forkserver: not again by the three workers.
+    assert len(imports.read_text().split()) == 2
