@@ -7,8 +7,11 @@ both), at the config's precision (``auto`` resolved for the CPU) unless ``--prec
 otherwise:
 
 * ``lightning``: ``Trainer.fit`` for ``--steps`` steps (logger, progress bar, checkpointing,
-  model summary and validation off). This includes ``VLJEPA.training_step``'s bookkeeping
-  (the all-rank non-finite check, ``self.log`` of the losses and temperature).
+  model summary and validation off) with the config's ``log_every_n_steps`` (25). This
+  includes ``VLJEPA.training_step``'s bookkeeping (the all-rank non-finite check,
+  ``self.log`` of the loss every step and of the loss parts, temperature and learning rates
+  on logging steps: the default 27 steps, 2 of them warm-up, time one logging step in 25,
+  as a run has).
 * ``plain``: ``compute_losses`` under the precision's autocast → ``backward`` →
   ``optimizer.step`` → ``scheduler.step`` → ``zero_grad`` → the objectives'
   ``after_optimizer_step`` (temperature clamp): the same optimizer, groups and schedule as
@@ -20,7 +23,7 @@ between the two sides (A B, B A, ...) and the medians are compared. Goal (issue 
 
 Usage::
 
-    python benchmarks/bench_lightning_overhead.py [--steps 12] [--repeats 5] [--threads 1]
+    python benchmarks/bench_lightning_overhead.py [--steps 27] [--repeats 5] [--threads 1]
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ GOAL = 1.03
 
 def main() -> None:
     parser = common.parser(__doc__.split("\n", 1)[0], repeats=5)
-    parser.add_argument("--steps", type=int, default=12, help="steps per repeat")
+    parser.add_argument("--steps", type=int, default=27, help="steps per repeat")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per repeat")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the config's")
     parser.add_argument("--precision", default=None, help="default: the config's (auto resolved)")
@@ -56,7 +59,11 @@ def main() -> None:
     times = common.interleave(
         {
             "lightning": lambda: lightning_run(
-                copy.deepcopy(initial), batches, args.warmup, precision
+                copy.deepcopy(initial),
+                batches,
+                args.warmup,
+                precision,
+                log_every_n_steps=int(config["trainer"].get("log_every_n_steps", 50)),
             ),
             "plain": lambda: plain_run(copy.deepcopy(initial), batches, args.warmup, precision),
         },

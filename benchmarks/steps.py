@@ -116,6 +116,7 @@ def lightning_run(
     warmup: int,
     precision: str = "32-true",
     accelerator: str = "cpu",
+    log_every_n_steps: int = 50,
 ) -> Timing:
     """Time per step of ``Trainer.fit`` over ``batches`` (after ``warmup`` steps)."""
     timer = StepTimer(warmup)
@@ -123,6 +124,7 @@ def lightning_run(
         accelerator=accelerator,
         devices=1,
         max_steps=len(batches),
+        log_every_n_steps=log_every_n_steps,
         precision=precision,  # type: ignore[arg-type]  # a Literal in Lightning's signature
         logger=False,
         enable_checkpointing=False,

@@ -298,3 +298,31 @@ def test_filler_rows_count_nowhere(tiny_model_kwargs) -> None:
     assert [key for out in outputs for key in out["keys"]] == good[0].keys + good[1].keys
     assert outputs[0]["image_embeddings"].shape == (0, 16)
     assert model.predict_skipped == 2
+
+
+def test_training_logs_details_only_on_logging_steps(tiny_model_kwargs, shapes_root) -> None:
+    """train/loss every step; the loss parts, temperature and learning rates when they reach
+    the loggers (each self.log costs Lightning a walk over its result object)."""
+    seen: list[set[str]] = []
+
+    class Keys(Callback):
+        def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+            keys = trainer.callback_metrics
+            seen.append({key for key in keys if key.startswith(("train/", "lr/"))})
+
+    model = VLJEPA(**tiny_model_kwargs)
+    trainer = Trainer(
+        max_steps=4,
+        log_every_n_steps=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Keys()],
+    )
+    trainer.fit(model, tiny_shapes_data(shapes_root, model))
+    groups = trainer.optimizers[0].param_groups
+    details = {"train/loss_caption", "train/temperature", *(f"lr/{g['name']}" for g in groups)}
+    assert "train/loss" in seen[0] and not details & seen[0]
+    assert details <= seen[1]

@@ -83,7 +83,7 @@ def test_clip_models_train(backbone: dict[str, Any], clips_root: Path, tmp_path:
     grid = model.model.x_encoder.grid
     assert grid == ((2, 2, 2) if backbone is TINY_VJEPA2_CLIPS else (4, 4, 4))
     before = core_state(model)
-    fit = trainer(tmp_path, steps=3)
+    fit = trainer(tmp_path, steps=3, log_every_n_steps=1)  # the loss parts: logging steps
     fit.fit(model, clip_data(clips_root, model))
     assert fit.global_step == 3
     for name in ("train/loss_caption", "train/loss_masked", "val/recall_mean"):

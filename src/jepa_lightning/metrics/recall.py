@@ -11,7 +11,7 @@ in chunks of ``chunk_size`` rows, so the extra memory is ``O(chunk_size · N)`` 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -84,6 +84,33 @@ def _cat_state(state: list[Tensor] | Tensor) -> Tensor | None:
     return dim_zero_cat(state)
 
 
+def _parts(state: list[Tensor] | Tensor) -> list[Tensor]:
+    """A ``cat`` state as its pieces (one tensor after a distributed sync)."""
+    return [state] if isinstance(state, Tensor) else list(state)
+
+
+def _row_blocks(parts: list[Tensor], rows: int, dtype: torch.dtype) -> Iterator[Tensor]:
+    """Consecutive blocks of ``rows`` rows of the pieces' concatenation, in ``dtype``.
+
+    Only a block is copied, never the whole concatenation (a block within one piece is a view
+    of it). The last block may be shorter.
+    """
+    pending: list[Tensor] = []
+    count = 0
+    for part in parts:
+        start = 0
+        while start < part.shape[0]:
+            take = part[start : start + rows - count]
+            pending.append(take)
+            count += take.shape[0]
+            start += take.shape[0]
+            if count == rows:
+                yield (pending[0] if len(pending) == 1 else torch.cat(pending)).to(dtype)
+                pending, count = [], 0
+    if pending:
+        yield (pending[0] if len(pending) == 1 else torch.cat(pending)).to(dtype)
+
+
 def _auto_chunk_size(n: int) -> int:
     """Return the rows per chunk so that a chunk holds about ``_AUTO_CHUNK_ELEMENTS`` entries."""
     return max(_MIN_AUTO_CHUNK, _AUTO_CHUNK_ELEMENTS // max(n, 1))
@@ -138,8 +165,10 @@ class CrossModalRecall(Metric):
         top_k: The ``k`` values to report, positive integers (a single int is accepted).
         chunk_size: Query rows per similarity chunk. ``None`` picks it so that a chunk holds
             about 16M similarities (``chunk_size = max(32, 2**24 // N)``). The memory of
-            :meth:`compute` is ``O(chunk_size · N + N · D)``: ``5 · chunk_size · N`` bytes for
-            a chunk's float32 scores and comparison, plus the stored embeddings.
+            :meth:`compute` is ``O(chunk_size · N + N · D)``: on top of the stored
+            embeddings, one modality's concatenated copy (the candidates; the queries are read
+            from the stored batches), ``5 · chunk_size · N`` bytes for a chunk's float32
+            scores and comparison, and under 48 bytes a row of ids.
         distinct_texts: Rank one text per pair id for image→text (see above).
         **kwargs: Forwarded to :class:`torchmetrics.Metric`.
 
@@ -262,26 +291,28 @@ class CrossModalRecall(Metric):
                 "CrossModalRecall.compute() called with no data: call `update` with non-empty "
                 "`image_emb` / `text_emb` first."
             )
-        image = dim_zero_cat(self.image_emb)
-        text = dim_zero_cat(self.text_emb)
         ids = self._resolve_ids(ids_raw.long(), dim_zero_cat(self.has_pair_id).bool())
-
         n = ids.numel()
         chunk = self.chunk_size if self.chunk_size is not None else _auto_chunk_size(n)
-        math_dtype = _math_dtype(torch.promote_types(image.dtype, text.dtype))
-        image = image.to(math_dtype)
-        text = text.to(math_dtype)
+        image_parts, text_parts = _parts(self.image_emb), _parts(self.text_emb)
+        math_dtype = _math_dtype(torch.promote_types(image_parts[0].dtype, text_parts[0].dtype))
 
-        texts, text_ids = text, ids
-        if self.distinct_texts:
-            texts, text_ids = _first_per_id(text, ids)
         result: dict[str, Tensor] = {}
         values = []
-        directions = (("i2t", image, ids, texts, text_ids), ("t2i", text, ids, image, ids))
-        for name, queries, query_ids, candidates, candidate_ids in directions:
-            hits = _count_hits(queries, query_ids, candidates, candidate_ids, self.top_k, chunk)
+        # One modality is concatenated at a time, as the candidates; the queries are read
+        # from the stored pieces a chunk at a time: the peak holds one copy of one modality.
+        for name, query_parts, candidate_parts in (
+            ("i2t", image_parts, text_parts),
+            ("t2i", text_parts, image_parts),
+        ):
+            candidates, candidate_ids = torch.cat(candidate_parts).to(math_dtype), ids
+            if name == "i2t" and self.distinct_texts:
+                candidates, candidate_ids = _first_per_id(candidates, ids)
+            queries = _row_blocks(query_parts, chunk, math_dtype)
+            hits = _count_hits(queries, ids, candidates, candidate_ids, self.top_k, chunk)
+            del candidates
             for k, h in zip(self.top_k, hits.tolist(), strict=True):
-                value = torch.tensor(h / n, dtype=torch.float32, device=image.device)
+                value = torch.tensor(h / n, dtype=torch.float32, device=ids.device)
                 result[f"{name}/R@{k}"] = value
                 values.append(value)
         result["mean"] = torch.stack(values).mean()
@@ -331,7 +362,7 @@ class _Groups:
 
 
 def _count_hits(
-    queries: Tensor,
+    query_blocks: Iterable[Tensor],
     query_ids: Tensor,
     candidates: Tensor,
     candidate_ids: Tensor,
@@ -345,29 +376,35 @@ def _count_hits(
     the positives' scores and one ``topk``: the cost of a plain chunked ``mm`` + ``topk``.
 
     Args:
-        queries: Normalised query embeddings ``(Nq, D)``.
-        query_ids: Pair id of each query ``(Nq,)``.
+        query_blocks: Normalised query embeddings, in consecutive blocks of at most ``chunk``
+            rows (a ``(Nq, D)`` tensor is read in blocks of ``chunk`` rows).
+        query_ids: Pair id of each query ``(Nq,)``, in the blocks' order.
         candidates: Normalised candidate embeddings ``(Nc, D)``.
         candidate_ids: Pair id of each candidate ``(Nc,)``; equal ids are positives.
         top_k: The ``k`` values.
-        chunk: Query rows per chunk.
+        chunk: Most query rows per block.
 
     Returns:
         int64 tensor of shape ``(len(top_k),)`` with the number of hits at each ``k``.
     """
+    if isinstance(query_blocks, Tensor):
+        query_blocks = query_blocks.split(chunk)
+    device = candidates.device
     n_candidates = candidates.shape[0]
     k_max = min(max(top_k), n_candidates)
-    kth = torch.tensor([min(k, k_max) - 1 for k in top_k], device=queries.device)
+    kth = torch.tensor([min(k, k_max) - 1 for k in top_k], device=device)
     # More than all candidates: every query is a hit (one with no positive too).
-    covers_all = torch.tensor([k > n_candidates for k in top_k], device=queries.device)
-    hits = torch.zeros(len(top_k), dtype=torch.int64, device=queries.device)
+    covers_all = torch.tensor([k > n_candidates for k in top_k], device=device)
+    hits = torch.zeros(len(top_k), dtype=torch.int64, device=device)
     groups = _Groups(candidate_ids)
     cand_t = candidates.T
-    sims_buffer = queries.new_empty(min(chunk, queries.shape[0]), n_candidates)
-    for start in range(0, queries.shape[0], chunk):
-        block = queries[start : start + chunk]
+    sims_buffer = candidates.new_empty(min(chunk, query_ids.numel()), n_candidates)
+    start = 0
+    for block in query_blocks:
+        end = start + block.shape[0]
         sims = torch.mm(block, cand_t, out=sims_buffer[: block.shape[0]])
-        best = groups.best_positive(sims, query_ids[start : start + chunk])
+        best = groups.best_positive(sims, query_ids[start:end])
         kth_best = sims.topk(k_max, dim=1).values[:, kth]
         hits += ((kth_best <= best[:, None]) | covers_all).sum(dim=0)
+        start = end
     return hits
