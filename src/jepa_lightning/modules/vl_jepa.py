@@ -192,7 +192,8 @@ class VLJEPA(GroupedOptimizer, LightningModule):
 
     def _is_logging_step(self) -> bool:
         """Whether this step's metrics reach the loggers (every ``log_every_n_steps``)."""
-        return (self.global_step + 1) % max(self.trainer.log_every_n_steps, 1) == 0
+        every = int(self.trainer.log_every_n_steps)  # type: ignore[attr-defined]  # set at init
+        return (self.global_step + 1) % max(every, 1) == 0
 
     def _losses_finite(self, losses: dict[str, Tensor]) -> bool:
         bad = [f"{name}={value.item()}" for name, value in losses.items() if not value.isfinite()]
