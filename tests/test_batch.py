@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import pickle
+from multiprocessing.reduction import ForkingPickler
+
 import torch
+import torch.multiprocessing  # noqa: F401  # registers the shared-memory tensor reductions
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
-from jepa_lightning.batch import Batch
+from jepa_lightning.batch import BY_VALUE_BYTES, Batch
 from jepa_lightning.encoders.base import EncoderOutput
 
 
@@ -40,3 +45,23 @@ def test_cached_tokens_move_with_their_padding_mask() -> None:
     moved = make_batch(tokens).to("meta")
     assert moved.cached and isinstance(moved.x, EncoderOutput)
     assert moved.x.tokens.device.type == "meta" and moved.x.mask.device.type == "meta"
+
+
+def test_small_tensors_leave_a_worker_by_value_and_large_ones_shared() -> None:
+    """A loader worker pickles its batch with the ForkingPickler: a shared tensor costs the
+    receiver a file-descriptor handshake each, so the small per-row tensors go by value."""
+    big = torch.arange(BY_VALUE_BYTES + 8, dtype=torch.uint8).reshape(2, -1)
+    batch = make_batch(big)
+    batch.query_ids = torch.zeros(2, 1, dtype=torch.bfloat16)  # NumPy has no bfloat16
+    buffer = io.BytesIO()
+    ForkingPickler(buffer, pickle.HIGHEST_PROTOCOL).dump(batch)
+    received = pickle.loads(buffer.getvalue())
+    assert received.x.is_shared() and torch.equal(received.x, big)
+    for name in ("pair_ids", "caption_ids", "caption_mask", "valid"):
+        value = getattr(received, name)
+        assert not value.is_shared(), name
+        assert value.dtype == getattr(batch, name).dtype
+        assert torch.equal(value, getattr(batch, name)), name
+    assert received.query_ids.is_shared() and received.query_ids.dtype == torch.bfloat16
+    assert received.meta[0]["labels"] == {"shape": "circle"} and received.meta[1] == {}
+    assert received.keys == batch.keys and received.captions == batch.captions

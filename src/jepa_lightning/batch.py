@@ -5,11 +5,37 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+import numpy as np
 import torch
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 
 from jepa_lightning.encoders.base import EncoderOutput
+
+#: Tensors of a batch up to this size leave a loader worker by value, inside the pickle; a
+#: larger one goes through shared memory, where each tensor costs the receiving process a
+#: file-descriptor handshake with the worker: about a millisecond on the CPU, over half of the
+#: default step's wait for data when every tensor went that way.
+BY_VALUE_BYTES = 1 << 16
+
+#: The fields that hold small per-row tensors (``x`` is large, or cached tokens).
+_ROW_TENSORS = ("pair_ids", "caption_ids", "caption_mask", "query_ids", "query_mask", "valid")
+
+
+@dataclass(frozen=True)
+class _InPickle:
+    """A small CPU tensor carried as a NumPy array, which pickles by value."""
+
+    array: np.ndarray
+
+    @staticmethod
+    def wrap(value: Any) -> Any:
+        """``value`` wrapped when it is a small CPU tensor that NumPy can hold, else as is."""
+        if not isinstance(value, Tensor) or value.device.type != "cpu" or value.requires_grad:
+            return value
+        if value.nbytes > BY_VALUE_BYTES or value.dtype == torch.bfloat16:
+            return value
+        return _InPickle(value.numpy())
 
 
 @dataclass
@@ -53,6 +79,20 @@ class Batch:
     def __len__(self) -> int:
         """Number of samples."""
         return len(self.keys)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The fields for pickling, with the small tensors by value (see ``BY_VALUE_BYTES``)."""
+        state = dict(self.__dict__)
+        for name in _ROW_TENSORS:
+            state[name] = _InPickle.wrap(state[name])
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restores the fields, the small tensors from their arrays (no copy)."""
+        for name, value in state.items():
+            if isinstance(value, _InPickle):
+                state[name] = torch.from_numpy(value.array)
+        self.__dict__.update(state)
 
     def to(self, device: torch.device | str) -> Batch:
         """The batch with its tensors on ``device``: what Lightning calls to move a batch.
