@@ -1,5 +1,3 @@
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -90,41 +88,3 @@ def test_cli_rejects_an_unknown_precision(capsys) -> None:
         main(["fit", "--config", CONFIG, "--trainer.precision=fast", "--print_config"])
     assert exit_info.value.code == 2
     assert "precision" in capsys.readouterr().err
-
-
-KEEP_THEN_REUSE = """
-import resource, sys, torch
-from jepa_lightning.trainer import keep_freed_memory
-if sys.argv[1] == "keep":
-    assert keep_freed_memory() and keep_freed_memory()  # idempotent
-faults = []
-for step in range(12):
-    # A step's pattern: many buffers (activations), all freed at the end of the step.
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    buffers = [torch.ones(1_000_000) for _ in range(20)]  # 20 x 4 MB
-    del buffers
-    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(sum(faults[4:]))
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_keep_freed_memory_reuses_pages_instead_of_faulting_new_ones() -> None:
-    def faults(mode: str) -> int:
-        done = subprocess.run(
-            [sys.executable, "-c", KEEP_THEN_REUSE, mode],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=120,
-        )
-        return int(done.stdout.split()[-1])
-
-    assert faults("keep") * 3 < faults("default")
-
-
-def test_cpu_trainer_keeps_freed_memory(monkeypatch) -> None:
-    calls: list[bool] = []
-    monkeypatch.setattr("jepa_lightning.trainer.keep_freed_memory", lambda: calls.append(True))
-    Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
-    assert calls == [True]

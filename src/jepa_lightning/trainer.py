@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import ctypes
-import sys
 from typing import Any, Literal
 
 import torch
 from lightning.fabric.connector import _PRECISION_INPUT
 from lightning.pytorch import Trainer as LightningTrainer
-from lightning.pytorch.accelerators import CPUAccelerator
 
 AUTO = "auto"
 
@@ -54,47 +51,12 @@ def resolve_precision(precision: PrecisionChoice | None, accelerator: str = AUTO
     return "bf16-mixed" if bf16_supported(accelerator) else "32-true"
 
 
-# glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-_MMAP_THRESHOLD_MAX = 32 << 20  # the largest glibc accepts on 64-bit
-_KEPT_BYTES = 1 << 40  # never trim the heap's top
-
-
-def keep_freed_memory() -> bool:
-    """Makes glibc keep freed memory for reuse instead of returning it to the system.
-
-    A CPU training step frees and allocates the same large buffers every step (activations,
-    gradients: the default Y-encoder's 15.6 MB embedding gradient among them). By default
-    glibc maps blocks over a threshold afresh and returns freed memory at the heap's top, so
-    each step first touches new pages: about 6000 page faults a step for
-    ``configs/shapes_tiny.yaml``, 5-10% of its time. Heap blocks up to 32 MiB and a heap that
-    is never trimmed let the step reuse its pages, as PyTorch's caching allocator does on
-    GPUs. The process keeps its peak memory. Idempotent.
-
-    Returns:
-        True where it took effect (glibc on Linux), False elsewhere (nothing changes).
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return False
-    settings = (
-        (_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX),
-        (_M_TRIM_THRESHOLD, _KEPT_BYTES),
-        (_M_TOP_PAD, 64 << 20),
-    )
-    return all(mallopt(parameter, value) == 1 for parameter, value in settings)
-
-
 class Trainer(LightningTrainer):
     """Lightning's ``Trainer`` that also takes ``precision="auto"``.
 
     ``"auto"`` trains in ``bf16-mixed`` where the device runs bfloat16 natively (a CUDA GPU
     with bf16 support; a CPU with AVX512-BF16 or AMX) and in ``32-true`` elsewhere. Every
-    other argument is Lightning's. On the CPU it also makes the allocator keep freed memory
-    (:func:`keep_freed_memory`).
+    other argument is Lightning's.
 
     Args:
         precision: A Lightning precision value or ``"auto"``.
@@ -106,5 +68,3 @@ class Trainer(LightningTrainer):
         # An Accelerator instance is not assumed to run bf16 ("auto" gives 32-true there).
         name = accelerator.lower() if isinstance(accelerator, str) else "other"
         super().__init__(precision=resolve_precision(precision, name), **kwargs)
-        if isinstance(self.accelerator, CPUAccelerator):
-            keep_freed_memory()
