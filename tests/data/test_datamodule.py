@@ -280,9 +280,9 @@ if __name__ == "__main__":
 
 @pytest.mark.slow
 def test_workers_find_the_main_scripts_imports_preloaded(tmp_path: Path) -> None:
-    """Python < 3.13 never preloads ``__main__`` in the forkserver, and every worker runs the
-    main script again: its imports must come preloaded, or each worker imports them anew
-    (for the jepa-lightning script, the whole CLI)."""
+    """The forkserver of Python releases before late 2025 never preloads ``__main__``, and
+    every worker runs the main script again: its imports must come preloaded, or each worker
+    imports them anew (for the jepa-lightning script, the whole CLI)."""
     write_shards(tmp_path / "shards", (4,))
     imports = tmp_path / "imports.txt"
     (tmp_path / "marked.py").write_text(

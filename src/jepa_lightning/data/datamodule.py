@@ -68,12 +68,14 @@ def _modules_of_main_script() -> set[str]:
     """The imported modules that a script run as ``__main__`` names at its top level.
 
     A worker started by ``forkserver`` (or ``spawn``) runs the parent's main *script* again
-    before its first sample (the ``if __name__ == "__main__"`` idiom); Python 3.11 and 3.12
-    never preload ``__main__`` in the forkserver, whatever its preload list says (CPython
-    gh-126631, fixed in 3.13.1). For the ``jepa-lightning`` console script that rerun
-    imports the whole CLI (Lightning, jsonargparse, transformers): about a second per worker,
-    per epoch and per validation pass. With these modules preloaded the rerun finds them
-    imported. A main *module* (``python -m``) is not run again, and none is needed then.
+    before its first sample (the ``if __name__ == "__main__"`` idiom), and the forkserver
+    never preloads ``__main__`` whatever its preload list says (CPython gh-126631 and
+    gh-137996, fixed in the 3.13 and 3.14 branches in September 2025). For the
+    ``jepa-lightning`` console script that rerun imports the whole CLI (Lightning,
+    jsonargparse, transformers): about a second per worker, per epoch and per validation
+    pass. With these modules preloaded the rerun finds them imported. Modules found only
+    through the script's own folder stay out (older forkservers ignore the parent's
+    ``sys.path``, gh-117378). A main *module* (``python -m``) is not run again.
 
     Returns:
         Names of modules (already imported in this process) that ``__main__``'s globals hold
