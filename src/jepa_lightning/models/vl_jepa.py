@@ -189,7 +189,10 @@ class BatchForward:
 
     @cached_property
     def retrieval(self) -> tuple[Tensor, Tensor]:
-        """``ŝ`` with the empty query and ``s``, both unit norm in float32 (under bf16-mixed
-        too: the embeddings that metrics, callbacks and ``predict`` hand on)."""
+        """``ŝ`` with the empty query and ``s``, both unit norm, in float32.
+
+        Float32 under bf16-mixed too: these are the embeddings that metrics, callbacks and
+        ``predict`` hand on.
+        """
         predicted = self.predicted if self.batch.query_ids is None else self.model.predict(self.x)
         return F.normalize(predicted.float(), dim=-1), F.normalize(self.target.float(), dim=-1)
