@@ -323,14 +323,12 @@ class VisionEncoder(ModalityEncoder):
         with attention_kernel(pixels.device, pixels.dtype):
             if self.is_video_model:
                 hidden = self.backbone(pixel_values_videos=pixels).last_hidden_state
+                tokens = hidden[
+                    :, hidden.shape[1] - self.tokens_per_frame * max(frames // tubelet, 1) :
+                ]
             else:
                 hidden = self.backbone(pixel_values=pixels.flatten(0, 1)).last_hidden_state
-        if self.is_video_model:
-            tokens = hidden[
-                :, hidden.shape[1] - self.tokens_per_frame * max(frames // tubelet, 1) :
-            ]
-        else:
-            per_frame = hidden[:, hidden.shape[1] - self.tokens_per_frame :]
-            tokens = per_frame.reshape(clips.shape[0], frames * self.tokens_per_frame, -1)
+                per_frame = hidden[:, hidden.shape[1] - self.tokens_per_frame :]
+                tokens = per_frame.reshape(clips.shape[0], frames * self.tokens_per_frame, -1)
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return EncoderOutput(tokens, mask)

@@ -299,13 +299,14 @@ class CrossModalRecall(Metric):
 
         result: dict[str, Tensor] = {}
         values = []
-        # One modality is concatenated at a time, as the candidates; the queries are read
-        # from the stored pieces a chunk at a time: the peak holds one copy of one modality.
-        for name, query_parts, candidate_parts in (
-            ("i2t", image_parts, text_parts),
-            ("t2i", text_parts, image_parts),
+        # One modality is concatenated at a time, as the candidates (a synced state already
+        # is one tensor); the queries are read from the stored pieces a chunk at a time: the
+        # peak holds at most one copy of one modality.
+        for name, query_parts, candidate_state in (
+            ("i2t", image_parts, self.text_emb),
+            ("t2i", text_parts, self.image_emb),
         ):
-            candidates, candidate_ids = torch.cat(candidate_parts).to(math_dtype), ids
+            candidates, candidate_ids = dim_zero_cat(candidate_state).to(math_dtype), ids
             if name == "i2t" and self.distinct_texts:
                 candidates, candidate_ids = _first_per_id(candidates, ids)
             queries = _row_blocks(query_parts, chunk, math_dtype)
