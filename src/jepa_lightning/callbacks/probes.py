@@ -17,6 +17,7 @@ loss, ranks best. The training features are gathered from every rank, so the pro
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -133,7 +134,7 @@ def _gathered(pl_module: LightningModule, tensor: Tensor) -> Tensor:
     return gathered.reshape(-1, *tensor.shape[1:])
 
 
-class _OnlineProbe(Callback):
+class _OnlineProbe(Callback, ABC):
     """Per-task validation accuracy of a probe's predictions, logged as ``probe/<kind>/...``.
 
     Subclasses train on the training steps' features and predict in :meth:`predict`.
@@ -162,9 +163,9 @@ class _OnlineProbe(Callback):
         for metric in [*self.accuracy.values(), *self.labelled.values()]:
             metric.to(pl_module.device)
 
+    @abstractmethod
     def predict(self, features: Tensor) -> dict[str, Tensor] | None:
         """``(B,)`` predicted classes per task, or None while the probe cannot predict yet."""
-        raise NotImplementedError
 
     def on_validation_batch_end(
         self,

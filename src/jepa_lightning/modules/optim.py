@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
@@ -128,7 +129,7 @@ def stepped_optimizer_config(
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-class GroupedOptimizer:
+class GroupedOptimizer(ABC):
     """A LightningModule mixin: the optimizer and schedule from ``parameter_groups()``.
 
     The module implements :meth:`parameter_groups` and sets ``optimizer_factory``,
@@ -142,9 +143,9 @@ class GroupedOptimizer:
     warmup_steps: int
     min_lr_ratio: float
 
+    @abstractmethod
     def parameter_groups(self) -> list[dict[str, Any]]:
         """The optimizer's parameter groups (see :func:`parameter_groups`)."""
-        raise NotImplementedError
 
     def build_optimizer(self, total_steps: int) -> OptimizerAndScheduler:
         """The optimizer over :meth:`parameter_groups` and its per-step scheduler.
