@@ -16,6 +16,7 @@ from transformers.image_processing_base import ImageProcessingMixin
 
 from jepa_lightning.encoders.base import EncoderOutput, ModalityEncoder, SampleCodec
 from jepa_lightning.encoders.hf import ModelSource, attention_kernel, build_model
+from jepa_lightning.encoders.patch_embedding import use_patch_linear
 
 if TYPE_CHECKING:
     from jepa_lightning.encoders.video import ShortClipRule
@@ -179,6 +180,7 @@ class VisionEncoder(ModalityEncoder):
             image_size = config.image_size
         if not isinstance(image_size, int):
             raise ValueError(f"vision encoder needs a square int image_size, got {image_size}")
+        use_patch_linear(self.backbone)  # the patch embedding as one matmul: faster on the CPU
         patch_size = config.patch_size
         self.image_size = image_size
         self.num_frames = num_frames
