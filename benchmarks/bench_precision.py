@@ -19,9 +19,14 @@ first batch's loss under each precision is given too. Goal (issue 14): ``bf16 af
 0.5 of ``fp32 before``. On a GPU the ratios are very different (tensor cores): this measures
 the CPU only.
 
+``fp32 before`` and ``bf16 after`` are timed at a small batch too (``--small-batch``): the
+step's fixed costs (operator dispatch, the optimizer over every parameter), and by difference
+with the default batch its per-sample work, each with its own ratio.
+
 Usage::
 
-    python benchmarks/bench_precision.py [--steps 12] [--repeats 5] [--threads 1] [--smoke]
+    python benchmarks/bench_precision.py [--steps 12] [--repeats 5] [--small-batch 8] [--threads 1]
+        [--smoke]
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from steps import build_model, lightning_run, load_config, make_batches
 import jepa_lightning.encoders.text
 import jepa_lightning.encoders.vision
 import jepa_lightning.predictor
+from jepa_lightning.batch import Batch
 from jepa_lightning.models import BatchForward
 from jepa_lightning.modules import VLJEPA
 from jepa_lightning.trainer import resolve_precision
@@ -96,9 +102,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="steps per repeat")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per repeat")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the config's")
+    parser.add_argument("--small-batch", type=int, default=8, help="batch of the fixed costs")
     args = parser.parse_args()
     if args.smoke:
-        args.steps, args.warmup, args.repeats, args.batch_size = 3, 1, 1, 8
+        args.steps, args.warmup, args.repeats, args.batch_size, args.small_batch = 3, 1, 1, 8, 2
     common.setup(args)
 
     config = load_config()
@@ -110,6 +117,7 @@ def main() -> None:
     optimizer_args.pop("fused", None)
     batch_size = args.batch_size or int(config["data"]["init_args"]["batch_size"])
     batches = make_batches(initial[True], args.steps, batch_size)
+    small_batches = make_batches(initial[True], args.steps, args.small_batch)
 
     shipped = initial[True].eval()  # the first batch's loss, without dropout's noise
     with torch.no_grad():
@@ -118,16 +126,23 @@ def main() -> None:
             losses["bf16-mixed"] = shipped.compute_losses(BatchForward(shipped.model, batches[0]))
     first_loss = {name: value["loss"].item() for name, value in losses.items()}
 
-    def run(precision: str, after: bool) -> Callable[[], common.Timing]:
+    def run(precision: str, after: bool, on: list[Batch]) -> Callable[[], common.Timing]:
         def side() -> common.Timing:
             model = with_optimizer(copy.deepcopy(initial[after]), optimizer_args, fused=after)
             with attention_choice(math_under_bf16=after):
-                return lightning_run(model, batches, args.warmup, precision)
+                return lightning_run(model, on, args.warmup, precision)
 
         return side
 
-    times = common.interleave({name: run(*side) for name, side in SIDES.items()}, args.repeats)
+    times = common.interleave(
+        {name: run(*side, batches) for name, side in SIDES.items()}, args.repeats
+    )
     summary = {name: common.timing_stats(ts) for name, ts in times.items()}
+    small_sides = ("fp32 before", "bf16 after")
+    small_times = common.interleave(
+        {name: run(*SIDES[name], small_batches) for name in small_sides}, args.repeats
+    )
+    small = {name: common.timing_stats(ts) for name, ts in small_times.items()}
     base = summary["fp32 before"]["wall"]["median"]
     base_cpu = summary["fp32 before"]["cpu"]["median"]
     rows = []
@@ -136,6 +151,7 @@ def main() -> None:
         rows.append(
             [
                 name,
+                str(batch_size),
                 "fused" if after else "for-loop",
                 "math where bf16 backward" if after else "PyTorch's",
                 "0" if after else "0.1",
@@ -146,6 +162,28 @@ def main() -> None:
                 f"{first_loss[precision]:.4f}",
             ]
         )
+    small_base = small["fp32 before"]
+    for name in small_sides:
+        precision, after = SIDES[name]
+        wall, cpu = small[name]["wall"], small[name]["cpu"]
+        rows.append(
+            [
+                name,
+                str(args.small_batch),
+                "fused" if after else "for-loop",
+                "math where bf16 backward" if after else "PyTorch's",
+                "0" if after else "0.1",
+                common.ms(wall["median"]),
+                f"{100 * wall['spread']:.0f}%",
+                f"{wall['median'] / small_base['wall']['median']:.3f}",
+                f"{cpu['median'] / small_base['cpu']['median']:.3f}",
+                "",
+            ]
+        )
+
+    def per_sample(name: str) -> float:
+        return float(summary[name]["wall"]["median"] - small[name]["wall"]["median"])
+
     ratio = summary["bf16 after"]["wall"]["median"] / base
     headlines = [
         common.headline(
@@ -162,6 +200,15 @@ def main() -> None:
             "default step, bf16-mixed after / fp32 before (cpu time)",
             summary["bf16 after"]["cpu"]["median"] / base_cpu,
         ),
+        common.headline(
+            f"fixed costs (batch {args.small_batch}), bf16-mixed after / fp32 before (wall)",
+            small["bf16 after"]["wall"]["median"] / small_base["wall"]["median"],
+        ),
+        common.headline(
+            f"per-sample work (batch {batch_size} minus {args.small_batch}), "
+            "bf16-mixed after / fp32 before (wall)",
+            per_sample("bf16 after") / per_sample("fp32 before"),
+        ),
     ]
     common.write_result(
         args,
@@ -169,6 +216,7 @@ def main() -> None:
         "Default training step (Trainer.fit): fp32 and bf16-mixed, before and after",
         [
             "side",
+            "batch",
             "AdamW",
             "attention",
             "Y dropout",
@@ -184,6 +232,8 @@ def main() -> None:
             "batch_size": batch_size,
             "steps": args.steps,
             "warmup": args.warmup,
+            "small_batch": args.small_batch,
+            "ms_per_step_small_batch": small,
             "auto_precision_here": resolve_precision("auto", "cpu"),
             "first_batch_loss": first_loss,
             "ms_per_step": summary,
