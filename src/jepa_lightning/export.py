@@ -25,6 +25,7 @@ from safetensors.torch import load_model, save_model
 from transformers import PretrainedConfig
 
 from jepa_lightning.encoders.base import ModalityEncoder
+from jepa_lightning.encoders.hf import config_fields
 from jepa_lightning.encoders.text import TextEncoder
 from jepa_lightning.encoders.vision import VisionEncoder
 from jepa_lightning.models.vl_jepa import VLJEPAModel
@@ -35,15 +36,6 @@ FORMAT_VERSION = 2
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 TOKENIZER_DIR = "tokenizer"
-
-
-def _config_dict(config: PretrainedConfig, **overrides: Any) -> dict[str, Any]:
-    """A ``transformers`` config as a dict that rebuilds it in float32 (weights load into it)."""
-    fields = config.to_dict()
-    for key in ("dtype", "torch_dtype", "transformers_version", "architectures", "_name_or_path"):
-        fields.pop(key, None)
-    fields.update(overrides)
-    return fields
 
 
 def _predictor_lm_config(predictor: Predictor) -> dict[str, Any]:
@@ -63,7 +55,7 @@ def _predictor_lm_config(predictor: Predictor) -> dict[str, Any]:
     layer_types = getattr(config, "layer_types", None)
     if layer_types is not None:
         overrides["layer_types"] = list(layer_types)[-num_layers:]
-    return _config_dict(config, **overrides)
+    return config_fields(config, **overrides)
 
 
 def _x_encoder_config(encoder: ModalityEncoder) -> dict[str, Any]:
@@ -73,7 +65,7 @@ def _x_encoder_config(encoder: ModalityEncoder) -> dict[str, Any]:
     return {
         "class_path": "jepa_lightning.encoders.VisionEncoder",
         "init_args": {
-            "model": _config_dict(encoder.model_config),
+            "model": config_fields(encoder.model_config),
             "frozen": encoder.frozen,
             "image_mean": encoder.image_mean.flatten().tolist(),
             "image_std": encoder.image_std.flatten().tolist(),
@@ -112,7 +104,7 @@ def export_model(model: Any, output: str, temperature: float | None = None) -> s
         "temperature": temperature,
         "x_encoder": {**_x_encoder_config(core.x_encoder), "describe": core.x_encoder.describe()},
         "text_encoder": {
-            "model": _config_dict(text_encoder.model.config),
+            "model": config_fields(text_encoder.model.config),
             "max_length": text_encoder.max_length,
             "frozen": text_encoder.frozen,
         },

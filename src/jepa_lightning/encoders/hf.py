@@ -83,6 +83,26 @@ def _reject_unknown_keys(
     )
 
 
+def config_fields(config: PretrainedConfig, **overrides: Any) -> dict[str, Any]:
+    """A ``transformers`` config as a dict that :func:`build_config` rebuilds in float32.
+
+    The fields that name a checkpoint (its dtype, version, architectures, path) are left
+    out: the rebuilt model gets its weights loaded separately.
+
+    Args:
+        config: The config.
+        **overrides: Fields to set in the dict.
+
+    Returns:
+        The fields, with ``model_type``.
+    """
+    fields = config.to_dict()
+    for key in ("dtype", "torch_dtype", "transformers_version", "architectures", "_name_or_path"):
+        fields.pop(key, None)
+    fields.update(overrides)
+    return fields
+
+
 def build_model(source: ModelSource, **kwargs: Any) -> PreTrainedModel:
     """Builds a ``transformers`` base model: pretrained weights or a random init.
 

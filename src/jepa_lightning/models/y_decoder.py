@@ -31,8 +31,7 @@ from transformers import (
 )
 
 from jepa_lightning.assets import resolve_tokenizer
-from jepa_lightning.encoders.hf import _DTYPE_KWARG, ModelSource, build_config
-from jepa_lightning.export import _config_dict
+from jepa_lightning.encoders.hf import _DTYPE_KWARG, ModelSource, build_config, config_fields
 
 DECODER_FORMAT = "jepa-lightning/y-decoder"
 DECODER_FORMAT_VERSION = 1
@@ -263,7 +262,7 @@ class YDecoder(nn.Module):
         return {
             "format": DECODER_FORMAT,
             "format_version": DECODER_FORMAT_VERSION,
-            "lm": {"model_type": self.lm.config.model_type, **_config_dict(self.lm.config)},
+            "lm": {"model_type": self.lm.config.model_type, **config_fields(self.lm.config)},
             "embed_dim": self.embed_dim,
             "prefix_length": self.prefix_length,
             "max_length": self.max_length,

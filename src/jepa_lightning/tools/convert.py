@@ -429,6 +429,72 @@ def _check_image(data: bytes) -> str | None:
     return _FORMAT_TO_FIELD.get(image_format, "")
 
 
+def _checked_paths(
+    images: str, captions: str | None, output: str | None, overwrite: bool
+) -> tuple[Path, Path | None, Path]:
+    """The image folder, caption file and output folder of :func:`convert_folder`, checked.
+
+    A non-empty output folder is cleared of shards and ``index.json`` (with ``overwrite``).
+
+    Returns:
+        The resolved image folder, caption file (None for side-car captions) and output.
+
+    Raises:
+        FileNotFoundError: If the image folder or the caption file does not exist.
+        ValueError: If the caption file has an unknown format, or the output folder is not
+            empty (without ``overwrite``), is not a folder or is the image folder.
+    """
+    root = Path(images).expanduser().resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    caption_path = None
+    if captions is not None:
+        caption_path = Path(captions).expanduser().resolve()
+        if not caption_path.is_file():
+            raise FileNotFoundError(f"caption file not found: {caption_path}")
+        if caption_path.suffix.lower() not in _CAPTION_FORMATS:
+            raise ValueError(
+                f"unknown caption file format {caption_path}: expected one of "
+                f"{', '.join(sorted(_CAPTION_FORMATS))}, or no caption file for side-car .txt"
+            )
+    out = Path(output).expanduser().resolve() if output else root.with_name(root.name + "-shards")
+    if out == root:
+        raise ValueError(f"output folder {out} must differ from the image folder")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ValueError(
+                f"output folder {out} is not empty; pass overwrite=True (--overwrite true) "
+                "to replace"
+            )
+        for child in out.iterdir():
+            if child.is_file() and (
+                child.suffix in (".tar", TMP_SUFFIX) or child.name == INDEX_FILENAME
+            ):
+                child.unlink()
+    return root, caption_path, out
+
+
+def _write_items(items: Iterable[_Item], writer: ShardWriter, report: ConvertReport) -> None:
+    """Writes every readable item as a sample with a unique key; counts it in ``report``."""
+    used_keys: set[str] = set()
+    for item in items:
+        media_field, data = _read_media(item.path)
+        if not data:
+            report.skipped_files.append((media_field, item.relative))
+            continue
+        base = key_from_path(item.relative)
+        key, suffix = base, 0
+        while key in used_keys:  # several captions per image, or sanitised names clash
+            suffix += 1
+            key = f"{base}_{suffix}"
+        used_keys.add(key)
+        meta = {**item.meta, "source": item.relative}
+        writer.write({"__key__": key, media_field: data, "txt": item.caption, "json": meta})
+        report.written += 1
+
+
 def convert_folder(
     images: str,
     captions: str | None = None,
@@ -472,36 +538,7 @@ def convert_folder(
             folder is not empty (without ``overwrite``) or is the image folder, or no sample
             can be converted.
     """
-    root = Path(images).expanduser().resolve()
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
-    caption_path = None
-    if captions is not None:
-        caption_path = Path(captions).expanduser().resolve()
-        if not caption_path.is_file():
-            raise FileNotFoundError(f"caption file not found: {caption_path}")
-        if caption_path.suffix.lower() not in _CAPTION_FORMATS:
-            raise ValueError(
-                f"unknown caption file format {caption_path}: expected one of "
-                f"{', '.join(sorted(_CAPTION_FORMATS))}, or no caption file for side-car .txt"
-            )
-    out = Path(output).expanduser().resolve() if output else root.with_name(root.name + "-shards")
-    if out == root:
-        raise ValueError(f"output folder {out} must differ from the image folder")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise ValueError(
-                f"output folder {out} is not empty; pass overwrite=True (--overwrite true) "
-                "to replace"
-            )
-        for child in out.iterdir():
-            if child.is_file() and (
-                child.suffix in (".tar", TMP_SUFFIX) or child.name == INDEX_FILENAME
-            ):
-                child.unlink()
-
+    root, caption_path, out = _checked_paths(images, captions, output, overwrite)
     report = ConvertReport(output=str(out))
     files = _scan(root, exclude=out)
     if caption_path is None:
@@ -518,7 +555,6 @@ def convert_folder(
         "shuffle": shuffle,
         "seed": seed,
     }
-    used_keys: set[str] = set()
     writer = ShardWriter(
         out, prefix=prefix, samples_per_shard=samples_per_shard, metadata=metadata, overwrite=True
     )
@@ -529,20 +565,7 @@ def convert_folder(
             from rich.progress import track
 
             tracked = track(items, description="converting", total=len(items))
-        for item in tracked:
-            media_field, data = _read_media(item.path)
-            if not data:
-                report.skipped_files.append((media_field, item.relative))
-                continue
-            base = key_from_path(item.relative)
-            key, suffix = base, 0
-            while key in used_keys:  # several captions per image, or sanitised names clash
-                suffix += 1
-                key = f"{base}_{suffix}"
-            used_keys.add(key)
-            meta = {**item.meta, "source": item.relative}
-            writer.write({"__key__": key, media_field: data, "txt": item.caption, "json": meta})
-            report.written += 1
+        _write_items(tracked, writer, report)
         if report.written == 0:
             raise ValueError(
                 f"no usable samples in {root}"
