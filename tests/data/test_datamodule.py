@@ -195,7 +195,11 @@ class StuckImageCodec(ImageCodec):
         return super().decode(data)
 
 
-def test_a_stuck_worker_ends_the_pass_naming_the_rank(tmp_path: Path, tiny_model_kwargs) -> None:
+# With the forkserver the batches are received in a thread, which hands the timeout on.
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_a_stuck_worker_ends_the_pass_naming_the_rank(
+    tmp_path: Path, tiny_model_kwargs, method: str
+) -> None:
     write_shards(tmp_path, (4,), image_size=32)
     model = VLJEPA(**tiny_model_kwargs)
     collator = replace(model.batch_collator(), x=StuckImageCodec(32))
@@ -204,7 +208,7 @@ def test_a_stuck_worker_ends_the_pass_naming_the_rank(tmp_path: Path, tiny_model
         val_shards=str(tmp_path),
         batch_size=2,
         num_workers=1,
-        multiprocessing_context="fork",  # a quick start; the wait is what is tested
+        multiprocessing_context=method,  # type: ignore[arg-type]
         worker_timeout=2,
     )
     with pytest.raises(

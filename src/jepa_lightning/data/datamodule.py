@@ -6,13 +6,15 @@ import logging
 import multiprocessing
 import sys
 import warnings
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from types import ModuleType
 from typing import Any, Literal
 
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
+from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from jepa_lightning.data.collate import PairCollator
 from jepa_lightning.data.features import check_feature_cache, feature_cache_of, feature_codec
@@ -24,6 +26,7 @@ from jepa_lightning.data.pipeline import (
     count_samples,
     resolve_shards,
 )
+from jepa_lightning.data.receiver import BackgroundReceiver, receives_in_background
 from jepa_lightning.timeouts import explain_timeout
 from jepa_lightning.tools.shapes import ShapesSpec, ensure_shapes_shards
 
@@ -113,7 +116,9 @@ class EpochDataLoader(DataLoader):
     """A DataLoader that tells its :class:`ShardStream` the epoch before each pass.
 
     The stream yields collated batches, passed on as they are (``default_convert`` would
-    walk every caption, key and metadata entry of every batch).
+    walk every caption, key and metadata entry of every batch). Batches from workers started
+    by the forkserver or spawn are received in a background thread (see
+    :mod:`jepa_lightning.data.receiver`).
 
     Args:
         dataset: The stream.
@@ -131,18 +136,54 @@ class EpochDataLoader(DataLoader):
         resume_batches_of: Callable[[], int] | None = None,
         **kwargs: Any,
     ) -> None:
+        # Before DataLoader.__init__, which sets _iterator (the property below uses them).
+        self._workers_iterator: _BaseDataLoaderIter | None = None
+        self._receiver: weakref.ref[BackgroundReceiver[Any]] | None = None
         super().__init__(dataset, batch_size=None, collate_fn=collated, **kwargs)
         self.epoch_of = epoch_of
         self.resume_batches_of = resume_batches_of
 
+    # torch keeps the iterator of persistent workers in _iterator and reuses it for every
+    # pass. Whoever reads or replaces it is about to use it (torch's __iter__ resets it,
+    # Lightning's teardown shuts its workers down), so the thread that may still receive
+    # from it for an abandoned pass stops first.
+    @property
+    def _iterator(self) -> _BaseDataLoaderIter | None:
+        self._stop_receiving()
+        return self._workers_iterator
+
+    @_iterator.setter
+    def _iterator(self, iterator: _BaseDataLoaderIter | None) -> None:
+        self._stop_receiving()
+        self._workers_iterator = iterator
+
+    def _stop_receiving(self) -> None:
+        """Closes the receiver of the persistent workers' last pass, if it is still open."""
+        receiver = self._receiver() if self._receiver is not None else None
+        self._receiver = None
+        if receiver is not None:
+            receiver.close(timeout=None)  # its thread must be done with the iterator
+
     def __iter__(self) -> Any:
         self.dataset.set_epoch(self.epoch_of())  # type: ignore[attr-defined]
-        batches = super().__iter__()
         # The stream is seeded by the epoch, so replaying it and dropping the batches already
         # trained on resumes a run exactly where it stopped.
         done = self.resume_batches_of() % len(self) if self.resume_batches_of is not None else 0
-        for _ in range(done):
-            next(batches)
+        batches: Iterator[Any] = super().__iter__()
+        if receives_in_background(self, batches):
+            receiver = BackgroundReceiver(batches, shutdown=not self.persistent_workers)
+            if self.persistent_workers:
+                # Weak: a receiver nobody iterates any more is closed when dropped.
+                self._receiver = weakref.ref(receiver)
+            batches = receiver
+        try:
+            for _ in range(done):
+                next(batches)
+        except BaseException:
+            # The error's traceback holds this frame: close the thread now, not with the error.
+            if isinstance(batches, BackgroundReceiver):
+                batches.close()
+            raise
         return batches
 
 
