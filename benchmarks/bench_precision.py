@@ -145,41 +145,28 @@ def main() -> None:
     small = {name: common.timing_stats(ts) for name, ts in small_times.items()}
     base = summary["fp32 before"]["wall"]["median"]
     base_cpu = summary["fp32 before"]["cpu"]["median"]
-    rows = []
-    for name, (precision, after) in SIDES.items():
-        wall, cpu = summary[name]["wall"], summary[name]["cpu"]
-        rows.append(
-            [
-                name,
-                str(batch_size),
-                "fused" if after else "for-loop",
-                "math where bf16 backward" if after else "PyTorch's",
-                "0" if after else "0.1",
-                common.ms(wall["median"]),
-                f"{100 * wall['spread']:.0f}%",
-                f"{wall['median'] / base:.3f}",
-                f"{cpu['median'] / base_cpu:.3f}",
-                f"{first_loss[precision]:.4f}",
-            ]
-        )
-    small_base = small["fp32 before"]
-    for name in small_sides:
+
+    def row(name: str, batch: int, stats: dict[str, Any], loss: bool) -> list[str]:
+        """A side's table row, its ratios against ``fp32 before`` at the same batch."""
         precision, after = SIDES[name]
-        wall, cpu = small[name]["wall"], small[name]["cpu"]
-        rows.append(
-            [
-                name,
-                str(args.small_batch),
-                "fused" if after else "for-loop",
-                "math where bf16 backward" if after else "PyTorch's",
-                "0" if after else "0.1",
-                common.ms(wall["median"]),
-                f"{100 * wall['spread']:.0f}%",
-                f"{wall['median'] / small_base['wall']['median']:.3f}",
-                f"{cpu['median'] / small_base['cpu']['median']:.3f}",
-                "",
-            ]
-        )
+        baseline = stats["fp32 before"]
+        wall, cpu = stats[name]["wall"], stats[name]["cpu"]
+        return [
+            name,
+            str(batch),
+            "fused" if after else "for-loop",
+            "math where bf16 backward" if after else "PyTorch's",
+            "0" if after else "0.1",
+            common.ms(wall["median"]),
+            f"{100 * wall['spread']:.0f}%",
+            f"{wall['median'] / baseline['wall']['median']:.3f}",
+            f"{cpu['median'] / baseline['cpu']['median']:.3f}",
+            f"{first_loss[precision]:.4f}" if loss else "",
+        ]
+
+    small_base = small["fp32 before"]
+    rows = [row(name, batch_size, summary, loss=True) for name in SIDES]
+    rows += [row(name, args.small_batch, small, loss=False) for name in small_sides]
 
     def per_sample(name: str) -> float:
         return float(summary[name]["wall"]["median"] - small[name]["wall"]["median"])

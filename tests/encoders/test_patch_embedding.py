@@ -1,19 +1,10 @@
 import pytest
 import torch
+from conftest import TINY_VIT
 from torch import nn
 
 from jepa_lightning.encoders import VisionEncoder
 from jepa_lightning.encoders.patch_embedding import PatchLinear, use_patch_linear
-
-TINY_VIT = {
-    "model_type": "vit",
-    "image_size": 32,
-    "patch_size": 8,
-    "hidden_size": 32,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-}
 
 
 def _pair(kernel: tuple[int, int], bias: bool = True) -> tuple[nn.Conv2d, nn.Module]:
