@@ -93,14 +93,20 @@ class TextCodec:
         Returns:
             ``input_ids`` and ``attention_mask``, each ``(B, L)``.
         """
+        # NumPy arrays, without token type ids (unused): a quarter less time per batch than
+        # torch tensors built from the tokenizer's lists (benchmarks/bench_data_pipeline.py).
         encoded = self.tokenizer(
             list(items),
             padding=True,
             truncation=True,
             max_length=self.max_length,
-            return_tensors="pt",
+            return_tensors="np",
+            return_token_type_ids=False,
         )
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        return {
+            name: torch.as_tensor(encoded[name], dtype=torch.int64)
+            for name in ("input_ids", "attention_mask")
+        }
 
 
 class TextEncoder(ModalityEncoder):
