@@ -123,3 +123,20 @@ class SavePredictions(BasePredictionWriter):
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:  # type: ignore[no-untyped-def]
         torch.save(predictions, self.path)
+
+
+FLASH = "ScaledDotProductFlashAttentionForCpuBackward0"
+
+
+def attention_dtypes(output: torch.Tensor) -> list[torch.dtype]:
+    """The query dtype of every flash-attention call in ``output``'s autograd graph."""
+    seen, dtypes, stack = set(), [], [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == FLASH:
+            dtypes.append(node._saved_query.dtype)
+        stack += [parent for parent, _ in node.next_functions]
+    return dtypes

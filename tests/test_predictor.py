@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import TINY_LLAMA
+from conftest import TINY_LLAMA, attention_dtypes
 
 from jepa_lightning.predictor import Predictor
 
@@ -126,29 +126,16 @@ def test_gradient_checkpointing_matches() -> None:
         torch.testing.assert_close(a.grad, b.grad)
 
 
-def autograd_ops(output: torch.Tensor) -> set[str]:
-    seen, names, stack = set(), set(), [output.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        names.add(type(node).__name__)
-        stack += [parent for parent, _ in node.next_functions]
-    return names
-
-
 @pytest.mark.parametrize("gradient_checkpointing", [False, True])
-def test_bf16_on_cpu_uses_the_math_attention_kernel(gradient_checkpointing: bool) -> None:
-    # The CPU flash kernel's backward is slow in bfloat16; float32 keeps PyTorch's choice.
+def test_bf16_on_cpu_runs_attention_in_float32(gradient_checkpointing: bool) -> None:
+    # The CPU flash kernel's backward is slow in bfloat16, and the math kernel in bfloat16
+    # slower than flash in float32: under bf16-mixed, attention computes in float32.
     predictor = make(gradient_checkpointing=gradient_checkpointing).train()
     visual = torch.randn(2, 16, 24)
-    flash = "ScaledDotProductFlashAttentionForCpuBackward0"
-    assert flash in autograd_ops(make()(visual))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         output = predictor(visual)
     if not gradient_checkpointing:
-        assert flash not in autograd_ops(output)
+        assert attention_dtypes(output) == [torch.float32] * len(predictor.layers)
     # Backward (a recomputation too) runs and matches float32 to bfloat16 precision.
     output.float().sum().backward()
     reference = make()

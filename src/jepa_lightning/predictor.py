@@ -208,7 +208,7 @@ class Predictor(nn.Module):
         position_embeddings: tuple[Tensor, Tensor],
     ) -> Tensor:
         # Inside the (checkpointed) layer, so that a recomputation picks the same kernel.
-        with attention_kernel(hidden.device, hidden.dtype):
+        with attention_kernel(cast(Any, layer).self_attn.config, hidden.device, hidden.dtype):
             output = layer(
                 hidden,
                 attention_mask=attention_mask,

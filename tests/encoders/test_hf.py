@@ -6,10 +6,18 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_BERT, TINY_LLAMA, TINY_VIT, TOKENIZER
+from conftest import TINY_BERT, TINY_LLAMA, TINY_VIT, TOKENIZER, attention_dtypes
+from torch import Tensor
+from transformers import PretrainedConfig
 
 from jepa_lightning.encoders import TextEncoder
-from jepa_lightning.encoders.hf import _DTYPE_KWARG, attention_kernel, build_config
+from jepa_lightning.encoders.hf import (
+    _DTYPE_KWARG,
+    CPU_BF16_TRAINING_SDPA,
+    attention_kernel,
+    build_config,
+    build_model,
+)
 
 TINY_VJEPA2: dict[str, Any] = {
     "model_type": "vjepa2",
@@ -81,42 +89,80 @@ def test_attribute_map_alias_is_accepted() -> None:
     assert config.n_head == 2
 
 
-def _attention_node(device_dtype: torch.dtype, autocast: bool, grad: bool) -> str:
-    """The autograd node of one attention call made inside ``attention_kernel``'s context."""
-    query = torch.randn(2, 2, 4, 8, dtype=device_dtype, requires_grad=True)
-    with (
-        torch.set_grad_enabled(grad),
-        torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast),
-        attention_kernel(query.device, query.dtype),
-    ):
-        output = F.scaled_dot_product_attention(query, query, query)
-    return type(output.grad_fn).__name__
+def test_attention_kernel_restricts_plain_sdpa_to_math_for_a_cpu_bfloat16_backward() -> None:
+    plain, ours = build_config(TINY_BERT), build_config(TINY_BERT)
+    plain._attn_implementation = "sdpa"
+    ours._attn_implementation = CPU_BF16_TRAINING_SDPA
+    query = torch.randn(2, 2, 4, 8, requires_grad=True)
 
+    def kernel_dtypes(config: PretrainedConfig, dtype: torch.dtype, autocast: bool) -> list:
+        with (
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast),
+            attention_kernel(config, query.device, dtype),
+        ):
+            q = query.to(dtype)
+            return attention_dtypes(F.scaled_dot_product_attention(q, q, q))
 
-def test_attention_kernel_is_math_only_for_a_cpu_bfloat16_backward() -> None:
-    flash = "ScaledDotProductFlashAttentionForCpuBackward0"
     # float32: PyTorch's choice (flash on the CPU).
-    assert _attention_node(torch.float32, autocast=False, grad=True) == flash
+    assert kernel_dtypes(plain, torch.float32, autocast=False) == [torch.float32]
     # bfloat16 by autocast or by weights, with a backward to come: the math kernel.
-    assert _attention_node(torch.float32, autocast=True, grad=True) != flash
-    assert _attention_node(torch.bfloat16, autocast=False, grad=True) != flash
+    assert kernel_dtypes(plain, torch.float32, autocast=True) == []
+    assert kernel_dtypes(plain, torch.bfloat16, autocast=False) == []
+    # A model with CPU_BF16_TRAINING_SDPA computes its attention in float32 itself.
+    assert kernel_dtypes(ours, torch.bfloat16, autocast=False) == [torch.bfloat16]
     # No backward: the flash kernel's forward is the faster one, so no restriction.
     with torch.no_grad():
-        assert attention_kernel(torch.device("cpu"), torch.bfloat16).__class__ is nullcontext
+        assert attention_kernel(plain, query.device, torch.bfloat16).__class__ is nullcontext
 
 
-def test_text_encoder_trains_with_the_math_kernel_under_bf16() -> None:
+@pytest.mark.parametrize("source", [TINY_VIT, TINY_LLAMA], ids=["vit", "llama"])
+def test_build_model_gives_sdpa_models_float32_attention_for_cpu_bf16_training(
+    source: dict[str, Any],
+) -> None:
+    assert build_model(source).config._attn_implementation == CPU_BF16_TRAINING_SDPA
+    explicit = build_model(source, attn_implementation="eager")
+    assert explicit.config._attn_implementation == "eager"
+
+
+def test_float32_attention_for_cpu_bf16_training_keeps_sdpa_results_and_masks() -> None:
+    torch.manual_seed(0)
+    model = build_model(TINY_LLAMA).train()
+    embeds = torch.randn(2, 5, TINY_LLAMA["hidden_size"])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+
+    def run(implementation: str, inputs: Tensor, autocast: bool) -> Tensor:
+        model.config._attn_implementation = implementation
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
+
+    # Without bf16, exactly transformers' SDPA attention, padding mask included.
+    reference = run("sdpa", embeds, autocast=False)
+    exact = run(CPU_BF16_TRAINING_SDPA, embeds, autocast=False)
+    torch.testing.assert_close(exact, reference, rtol=0, atol=0)
+    # Under bf16-mixed with a backward to come: float32 attention, bf16 precision overall.
+    output = run(CPU_BF16_TRAINING_SDPA, embeds, autocast=True)
+    assert attention_dtypes(output) == [torch.float32] * TINY_LLAMA["num_hidden_layers"]
+    torch.testing.assert_close(output.float(), reference, rtol=0.05, atol=0.05)
+    # The padded positions stay unseen: changing them leaves the real tokens' outputs.
+    changed = embeds.clone()
+    changed[0, 3:] = torch.randn(2, TINY_LLAMA["hidden_size"])
+    again = run(CPU_BF16_TRAINING_SDPA, changed, autocast=True)
+    torch.testing.assert_close(again[0, :3], output[0, :3], rtol=0, atol=0)
+    output.float().sum().backward()
+    # Without a backward: exactly transformers' own (bf16) attention.
+    with torch.no_grad():
+        plain = run("sdpa", embeds, autocast=True)
+        ours = run(CPU_BF16_TRAINING_SDPA, embeds, autocast=True)
+    torch.testing.assert_close(ours, plain, rtol=0, atol=0)
+
+
+def test_text_encoder_trains_without_the_bf16_flash_kernel_under_bf16() -> None:
     bert = {**TINY_BERT, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     encoder = TextEncoder(bert, tokenizer=TOKENIZER).train()
     tokens = encoder.tokenize(["a red circle", "a blue square on the left"])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         hidden = encoder.encode(tokens).tokens
-    seen, stack = set(), [hidden.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is not None and node not in seen:
-            seen.add(node)
-            stack += [parent for parent, _ in node.next_functions]
-    names = {type(node).__name__ for node in seen}
-    assert "ScaledDotProductFlashAttentionForCpuBackward0" not in names
+    # Float32 flash attention (BERT on the attention interface), or the math kernel (older
+    # transformers releases), never the slow bfloat16 flash backward.
+    assert torch.bfloat16 not in attention_dtypes(hidden)
     hidden.float().sum().backward()

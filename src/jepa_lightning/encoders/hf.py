@@ -10,8 +10,12 @@ from typing import Any
 
 import torch
 from lightning_utilities.core.imports import compare_version
+from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+from transformers.modeling_utils import AttentionInterface
 
 # ``dtype`` replaced ``torch_dtype`` in transformers 4.56.
 _DTYPE_KWARG = "dtype" if compare_version("transformers", operator.ge, "4.56") else "torch_dtype"
@@ -106,6 +110,10 @@ def config_fields(config: PretrainedConfig, **overrides: Any) -> dict[str, Any]:
 def build_model(source: ModelSource, **kwargs: Any) -> PreTrainedModel:
     """Builds a ``transformers`` base model: pretrained weights or a random init.
 
+    Models whose attention goes through ``transformers``' attention interface and that
+    would use its SDPA attention get :data:`CPU_BF16_TRAINING_SDPA` instead: the same
+    attention, in float32 where a bfloat16 backward follows on the CPU.
+
     Args:
         source: A hub name or local folder (``from_pretrained``), or a config
             dict with ``model_type`` (``from_config``, random weights).
@@ -116,11 +124,20 @@ def build_model(source: ModelSource, **kwargs: Any) -> PreTrainedModel:
         The model, in train mode as ``transformers`` leaves it.
     """
     if isinstance(source, Mapping):
-        return AutoModel.from_config(build_config(source), **kwargs)
-    # transformers >= 5 loads a checkpoint in its saved dtype (bf16 for Llama-3.2): train
-    # float32 master weights (bf16 autocast still computes in bf16).
-    kwargs.setdefault(_DTYPE_KWARG, torch.float32)
-    return AutoModel.from_pretrained(source, **kwargs)
+        model = AutoModel.from_config(build_config(source), **kwargs)
+    else:
+        # transformers >= 5 loads a checkpoint in its saved dtype (bf16 for Llama-3.2): train
+        # float32 master weights (bf16 autocast still computes in bf16).
+        kwargs.setdefault(_DTYPE_KWARG, torch.float32)
+        model = AutoModel.from_pretrained(source, **kwargs)
+    for module in model.modules():  # a composite model has a config per part
+        if (
+            isinstance(module, PreTrainedModel)
+            and module._supports_attention_backend
+            and module.config._attn_implementation == "sdpa"
+        ):
+            module.config._attn_implementation = CPU_BF16_TRAINING_SDPA
+    return model
 
 
 def describe_source(source: ModelSource) -> str:
@@ -137,17 +154,62 @@ def describe_source(source: ModelSource) -> str:
     return f"pretrained:{source}"
 
 
-def attention_kernel(device: torch.device, dtype: torch.dtype) -> AbstractContextManager[None]:
-    """The attention kernel for a transformer: math for a CPU bfloat16 backward, else any.
+def _bf16_backward_on_cpu(device: torch.device, *dtypes: torch.dtype) -> bool:
+    """Whether attention on ``device`` computes in bfloat16 with a backward to follow on the CPU.
 
     On the CPU, the flash-attention kernel's backward in bfloat16 (bf16-mixed autocast or
-    bf16 weights) is several times slower than the math kernel's (see
-    ``benchmarks/bench_precision.py``), while its forward is several times faster; in
-    float32, and on GPUs, PyTorch's own choice is best. So the math kernel is chosen only
-    where a backward follows (gradients enabled). Run the forward inside the context: the
-    backward follows the forward's kernel.
+    bf16 weights) is several times slower than in float32, and the math kernel in bfloat16
+    is slower than flash in float32 both ways for short sequences; in float32, and on GPUs,
+    PyTorch's own choice is best (``benchmarks/bench_precision.py``).
+    """
+    if device.type != "cpu" or not torch.is_grad_enabled():
+        return False
+    autocast_bf16 = (
+        torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+    return autocast_bf16 or torch.bfloat16 in dtypes
+
+
+def _sdpa_for_cpu_bf16_training(
+    module: torch.nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor | None]:
+    """``transformers``' SDPA attention, in float32 where a CPU bfloat16 backward follows."""
+    if not _bf16_backward_on_cpu(query.device, query.dtype, key.dtype, value.dtype):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if attention_mask is not None and attention_mask.is_floating_point():
+        attention_mask = attention_mask.float()
+    with torch.autocast("cpu", enabled=False):
+        output, weights = sdpa_attention_forward(
+            module, query.float(), key.float(), value.float(), attention_mask, **kwargs
+        )
+    return output.to(torch.bfloat16), weights
+
+
+CPU_BF16_TRAINING_SDPA = "jepa_lightning_sdpa"
+"""The attention implementation :func:`build_model` gives models with SDPA attention:
+``transformers``' SDPA attention and masks, computed in float32 where a bfloat16 backward
+follows on the CPU (5% less time per step of the default config in bf16-mixed)."""
+AttentionInterface.register(CPU_BF16_TRAINING_SDPA, _sdpa_for_cpu_bf16_training)
+ALL_MASK_ATTENTION_FUNCTIONS.register(CPU_BF16_TRAINING_SDPA, sdpa_mask)
+
+
+def attention_kernel(
+    config: PretrainedConfig, device: torch.device, dtype: torch.dtype
+) -> AbstractContextManager[None]:
+    """The attention kernel for a transformer without :data:`CPU_BF16_TRAINING_SDPA`.
+
+    A model whose attention does not go through ``transformers``' attention interface (BERT in
+    transformers 4.53, for one) calls PyTorch's SDPA itself, in bfloat16 under bf16-mixed; on
+    the CPU, with a backward to follow, the math kernel is then faster than flash attention.
+    Run the forward inside the context: the backward follows the forward's kernel.
 
     Args:
+        config: The transformer's config.
         device: The device of the transformer's input.
         dtype: The dtype of its input or weights.
 
@@ -155,11 +217,8 @@ def attention_kernel(device: torch.device, dtype: torch.dtype) -> AbstractContex
         A context that restricts scaled-dot-product attention to the math kernel, or does
         nothing.
     """
-    if device.type != "cpu" or not torch.is_grad_enabled():
+    if config._attn_implementation == CPU_BF16_TRAINING_SDPA:
         return nullcontext()
-    autocast_bf16 = (
-        torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    )
-    if autocast_bf16 or dtype == torch.bfloat16:
+    if _bf16_backward_on_cpu(device, dtype):
         return sdpa_kernel(SDPBackend.MATH)
     return nullcontext()

@@ -204,7 +204,7 @@ class TextEncoder(ModalityEncoder):
             The last hidden states and the attention mask as booleans.
         """
         input_ids = inputs["input_ids"]
-        with attention_kernel(input_ids.device, self.model.dtype):
+        with attention_kernel(self.model.config, input_ids.device, self.model.dtype):
             hidden = self.model(
                 input_ids=input_ids, attention_mask=inputs["attention_mask"]
             ).last_hidden_state

@@ -178,6 +178,7 @@ class VisionEncoder(ModalityEncoder):
             self.backbone = getattr(hf_model, "vision_model", hf_model)
             config = getattr(config, "vision_config", config)
             image_size = config.image_size
+        self._attention_config = config  # the config the backbone's attention layers read
         if not isinstance(image_size, int):
             raise ValueError(f"vision encoder needs a square int image_size, got {image_size}")
         use_patch_linear(self.backbone)  # the patch embedding as one matmul: faster on the CPU
@@ -322,7 +323,7 @@ class VisionEncoder(ModalityEncoder):
                 f"(B, T, 3, {side}, {side}){frame_rule}; got {tuple(inputs.shape)}"
             )
         pixels = self.normalize(clips)
-        with attention_kernel(pixels.device, pixels.dtype):
+        with attention_kernel(self._attention_config, pixels.device, pixels.dtype):
             if self.is_video_model:
                 hidden = self.backbone(pixel_values_videos=pixels).last_hidden_state
                 tokens = hidden[
