@@ -71,9 +71,11 @@ def pytorch_attention(model: VLJEPA) -> VLJEPA:
     """``model`` with ``transformers``' SDPA attention in every part, as before issue 14."""
     for module in model.modules():
         config = getattr(module, "config", None)
-        if isinstance(config, PretrainedConfig):
-            if config._attn_implementation == CPU_BF16_TRAINING_SDPA:
-                config._attn_implementation = "sdpa"
+        if (
+            isinstance(config, PretrainedConfig)
+            and config._attn_implementation == CPU_BF16_TRAINING_SDPA
+        ):
+            config._attn_implementation = "sdpa"
     return model
 
 

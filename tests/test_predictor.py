@@ -132,6 +132,7 @@ def test_bf16_on_cpu_runs_attention_in_float32(gradient_checkpointing: bool) -> 
     # slower than flash in float32: under bf16-mixed, attention computes in float32.
     predictor = make(gradient_checkpointing=gradient_checkpointing).train()
     visual = torch.randn(2, 16, 24)
+    assert attention_dtypes(make()(visual)) == [torch.float32] * len(predictor.layers)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         output = predictor(visual)
     if not gradient_checkpointing:

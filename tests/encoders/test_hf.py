@@ -95,7 +95,9 @@ def test_attention_kernel_restricts_plain_sdpa_to_math_for_a_cpu_bfloat16_backwa
     ours._attn_implementation = CPU_BF16_TRAINING_SDPA
     query = torch.randn(2, 2, 4, 8, requires_grad=True)
 
-    def kernel_dtypes(config: PretrainedConfig, dtype: torch.dtype, autocast: bool) -> list:
+    def kernel_dtypes(
+        config: PretrainedConfig, dtype: torch.dtype, autocast: bool
+    ) -> list[torch.dtype]:
         with (
             torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast),
             attention_kernel(config, query.device, dtype),
