@@ -205,8 +205,8 @@ def _release_freed_heap() -> None:
 def stated_bound_bytes(n: int, dim: int) -> int:
     """The metric's peak during ``compute``: its states, one modality's concatenated copy (the
     candidates), the resolved ids and candidate grouping (under 48 bytes a row), and one
-    chunk's scores and comparison."""
-    return state_bytes(n, dim) + n * dim * 4 + 48 * n + 5 * _auto_chunk_size(n) * n
+    chunk's scores (compared in place)."""
+    return state_bytes(n, dim) + n * dim * 4 + 48 * n + 4 * _auto_chunk_size(n) * n
 
 
 def run_stream(n: int, dim: int, queries: int, seed: int) -> dict[str, Any]:

@@ -167,8 +167,8 @@ class CrossModalRecall(Metric):
             about 16M similarities (``chunk_size = max(32, 2**24 // N)``). The memory of
             :meth:`compute` is ``O(chunk_size · N + N · D)``: on top of the stored
             embeddings, one modality's concatenated copy (the candidates; the queries are read
-            from the stored batches), ``5 · chunk_size · N`` bytes for a chunk's float32
-            scores and comparison, and under 48 bytes a row of ids.
+            from the stored batches), ``4 · chunk_size · N`` bytes for a chunk's float32
+            scores (compared in place), and under 48 bytes a row of ids.
         distinct_texts: Rank one text per pair id for image→text (see above).
         **kwargs: Forwarded to :class:`torchmetrics.Metric`.
 
@@ -372,9 +372,13 @@ def _count_hits(
 ) -> Tensor:
     """Count queries whose best positive has fewer than ``k`` strictly better candidates.
 
-    That is the case exactly when the ``k``-th best score is at most the best positive's (ties
-    count for the positive), so one matrix product per chunk into a reused buffer, a gather of
-    the positives' scores and one ``topk``: the cost of a plain chunked ``mm`` + ``topk``.
+    Per block: one matrix product into a reused buffer, a gather of the positives' scores,
+    then the buffer is overwritten in place with "scores higher than the best positive" as
+    0/1 and summed per row. That is cheaper than a ``topk`` over the same rows (13 vs 38 ms
+    for a 335 x 50000 block on one thread) and gives the same hits: the ``k``-th best score
+    is at most the best positive's exactly when fewer than ``k`` scores are above it. The
+    float32 row sums are exact integers while below 2**24, and a larger count is above any
+    ``k`` in use.
 
     Args:
         query_blocks: Normalised query embeddings, in consecutive blocks of at most ``chunk``
@@ -391,21 +395,17 @@ def _count_hits(
     if isinstance(query_blocks, Tensor):
         query_blocks = query_blocks.split(chunk)
     device = candidates.device
-    n_candidates = candidates.shape[0]
-    k_max = min(max(top_k), n_candidates)
-    kth = torch.tensor([min(k, k_max) - 1 for k in top_k], device=device)
-    # More than all candidates: every query is a hit (one with no positive too).
-    covers_all = torch.tensor([k > n_candidates for k in top_k], device=device)
+    ks = torch.tensor(top_k, device=device)
     hits = torch.zeros(len(top_k), dtype=torch.int64, device=device)
     groups = _Groups(candidate_ids)
     cand_t = candidates.T
-    sims_buffer = candidates.new_empty(min(chunk, query_ids.numel()), n_candidates)
+    sims_buffer = candidates.new_empty(min(chunk, query_ids.numel()), candidates.shape[0])
     start = 0
     for block in query_blocks:
         end = start + block.shape[0]
         sims = torch.mm(block, cand_t, out=sims_buffer[: block.shape[0]])
         best = groups.best_positive(sims, query_ids[start:end])
-        kth_best = sims.topk(k_max, dim=1).values[:, kth]
-        hits += ((kth_best <= best[:, None]) | covers_all).sum(dim=0)
+        better = torch.gt(sims, best[:, None], out=sims).sum(dim=1)
+        hits += (better[:, None] < ks).sum(dim=0)
         start = end
     return hits
