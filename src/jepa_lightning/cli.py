@@ -158,7 +158,6 @@ def _lightning_cli_class() -> type[LightningCLI]:
         The LightningCLI subclass.
     """
     from lightning.fabric.utilities.exceptions import MisconfigurationException
-    from lightning.pytorch.callbacks import RichProgressBar
     from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
     from rich.console import Console
     from rich.table import Table
@@ -167,6 +166,7 @@ def _lightning_cli_class() -> type[LightningCLI]:
     import jepa_lightning.callbacks
     import jepa_lightning.data
     import jepa_lightning.modules  # noqa: F401
+    from jepa_lightning.callbacks import ProgressBar
     from jepa_lightning.encoders.registry import EncoderPluginError, load_plugins
 
     load_plugins()  # installed encoders too (class_path: AudioEncoder)
@@ -190,7 +190,7 @@ def _lightning_cli_class() -> type[LightningCLI]:
             Args:
                 parser: The parser of a subcommand.
             """
-            parser.add_lightning_class_args(RichProgressBar, "progress_bar")
+            parser.add_lightning_class_args(ProgressBar, "progress_bar")
             parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir")
             # The data module decodes with the model's codecs (image size, tokenizer).
             parser.link_arguments(
@@ -203,7 +203,7 @@ def _lightning_cli_class() -> type[LightningCLI]:
         def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
             # Lightning refuses a progress bar callback beside enable_progress_bar=False.
             if config.get("enable_progress_bar") is False:
-                callbacks = [c for c in callbacks if not isinstance(c, RichProgressBar)]
+                callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
             return super()._instantiate_trainer(config, callbacks)
 
         def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:

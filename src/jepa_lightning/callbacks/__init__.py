@@ -5,6 +5,7 @@ from jepa_lightning.callbacks.embedding_monitor import EmbeddingMonitor
 from jepa_lightning.callbacks.grad_norm import GradNormMonitor
 from jepa_lightning.callbacks.prediction_writer import EmbeddingWriter
 from jepa_lightning.callbacks.probes import KNNProbe, LinearProbe
+from jepa_lightning.callbacks.progress_bar import ProgressBar
 from jepa_lightning.callbacks.tensorboard_images import TensorBoardImages
 from jepa_lightning.callbacks.vqa import VQAEvaluator
 from jepa_lightning.callbacks.zero_shot import ZeroShotEvaluator
@@ -16,6 +17,7 @@ __all__ = [
     "GradNormMonitor",
     "KNNProbe",
     "LinearProbe",
+    "ProgressBar",
     "TensorBoardImages",
     "VQAEvaluator",
     "ZeroShotEvaluator",
