@@ -374,8 +374,9 @@ def _count_hits(
 
     Per block: one matrix product into a reused buffer, a gather of the positives' scores,
     then the buffer is overwritten in place with "scores higher than the best positive" as
-    0/1 and summed per row. That is cheaper than a ``topk`` over the same rows (13 vs 38 ms
-    for a 335 x 50000 block on one thread) and gives the same hits: the ``k``-th best score
+    0/1 and summed per row. That is cheaper than a ``topk`` over the same rows (N=50k on one
+    thread: 24.1 vs 30.8 s against a chunked ``mm`` + ``topk``, ``benchmarks/RESULTS.md``)
+    and gives the same hits: the ``k``-th best score
     is at most the best positive's exactly when fewer than ``k`` scores are above it. The
     float32 row sums are exact integers while below 2**24, and a larger count is above any
     ``k`` in use.
