@@ -44,6 +44,7 @@ import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,7 @@ def side_timings(folder: str, repeats: int) -> tuple[int, dict[str, list[common.
     if len(set(counts.values())) != 1:
         raise SystemExit(f"the loaders read different sample counts: {counts}")
     times = common.interleave(
-        {name: lambda run=run: common.timed(run) for name, run in sides.items()}, repeats
+        {name: partial(common.timed, run) for name, run in sides.items()}, repeats
     )
     return next(iter(counts.values())), times
 

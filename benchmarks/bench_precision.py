@@ -35,6 +35,7 @@ import contextlib
 import copy
 from collections.abc import Callable, Iterator
 from typing import Any
+from unittest import mock
 
 import common
 import torch
@@ -85,14 +86,16 @@ def attention_choice(package_rule: bool) -> Iterator[None]:
     if package_rule:
         yield
         return
-    rules = [module.attention_kernel for module in KERNEL_USERS]
-    for module in KERNEL_USERS:
-        module.attention_kernel = lambda config, device, dtype: contextlib.nullcontext()
-    try:
+    with contextlib.ExitStack() as stack:
+        for module in KERNEL_USERS:
+            stack.enter_context(
+                mock.patch.object(
+                    module,
+                    "attention_kernel",
+                    lambda config, device, dtype: contextlib.nullcontext(),
+                )
+            )
         yield
-    finally:
-        for module, rule in zip(KERNEL_USERS, rules, strict=True):
-            module.attention_kernel = rule
 
 
 def before_issue_14(section: dict[str, Any]) -> dict[str, Any]:

@@ -272,8 +272,8 @@ def _mem(mib: float) -> str:
 def measure_size(args: Any, n: int) -> dict[str, Any]:
     common_args = ["--dim", str(args.dim), "--seed", str(args.seed), "--threads", str(args.threads)]
     runs: dict[str, list[dict[str, Any]]] = {"ours": [], "topk": []}
-    for r in range(args.repeats):  # ours, topk, topk, ours, ...
-        for method in ("ours", "topk") if r % 2 == 0 else ("topk", "ours"):
+    for repeat in range(args.repeats):  # ours, topk, topk, ours, ...
+        for method in ("ours", "topk") if repeat % 2 == 0 else ("topk", "ours"):
             runs[method].append(spawn("--case", method, "--n", str(n), *common_args))
             print(f"  N={n:>7} {method:>12}: {runs[method][-1]['wall_s']:8.2f} s", flush=True)
     cases: dict[str, Any] = {}

@@ -63,8 +63,14 @@ def run(args: Any, model: str, output: Path) -> dict[str, Any]:
     from jepa_lightning.streams.evaluate import decode_streams
 
     if args.smoke:
-        sizes = {"num_streams": 2, "num_frames": 40, "min_scene": 8, "max_scene": 16}
-        sizes.update(budgets=[1, 2, 5], thresholds=[0.001, 0.5])
+        sizes: dict[str, Any] = {
+            "num_streams": 2,
+            "num_frames": 40,
+            "min_scene": 8,
+            "max_scene": 16,
+            "budgets": [1, 2, 5],
+            "thresholds": [0.001, 0.5],
+        }
     else:
         sizes = {"num_streams": args.num_streams, "num_frames": args.num_frames}
     return decode_streams(model, str(output), quiet=True, **sizes)

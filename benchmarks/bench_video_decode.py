@@ -61,7 +61,7 @@ def mp4_members(folder: str) -> list[bytes]:
 def bare_decode(videos: list[bytes]) -> int:
     frames = 0
     for data in videos:
-        with av.open(io.BytesIO(data)) as container:
+        with av.open(io.BytesIO(data), mode="r") as container:
             for frame in container.decode(video=0):
                 frame.to_ndarray(format="rgb24")
                 frames += 1

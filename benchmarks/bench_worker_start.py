@@ -25,14 +25,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import common
+
+if TYPE_CHECKING:
+    from jepa_lightning.data.datamodule import StartMethod
 
 METHODS = ("fork", "forkserver", "spawn")
 
 
-def measure(method: str, workers: int, passes: int, shards: str, threads: int) -> dict[str, Any]:
+def measure(
+    method: StartMethod, workers: int, passes: int, shards: str, threads: int
+) -> dict[str, Any]:
     """First-batch latency of ``passes`` passes of one loader, in this process."""
     import torch
     import yaml
@@ -51,7 +56,7 @@ def measure(method: str, workers: int, passes: int, shards: str, threads: int) -
         val_shards=shards,
         batch_size=32,
         num_workers=workers,
-        multiprocessing_context=method,  # type: ignore[arg-type]
+        multiprocessing_context=method,
     )
     seconds = []
     for _ in range(passes):
@@ -70,7 +75,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.measure:
         method, workers, passes, shards = args.measure
-        print(json.dumps(measure(method, int(workers), int(passes), shards, args.threads)))
+        print(
+            json.dumps(
+                measure(
+                    cast("StartMethod", method), int(workers), int(passes), shards, args.threads
+                )
+            )
+        )
         return
     common.setup(args)
     from jepa_lightning.tools.shapes import ShapesSpec, write_shapes_shards

@@ -168,6 +168,5 @@ def plain_run(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        for objective in model.objectives.values():
-            objective.after_optimizer_step()
+        model.on_train_batch_end(loss, batch, step)  # the objectives' post-step rules
     return per_step(watch.stop(), len(batches) - warmup)
