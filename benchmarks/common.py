@@ -120,6 +120,22 @@ def stats(values: Sequence[float]) -> dict[str, float]:
     }
 
 
+def paired_ratios(
+    numerator: Sequence[Timing], denominator: Sequence[Timing]
+) -> dict[str, dict[str, float]]:
+    """:func:`stats` of the per-repeat ratios ``numerator[i] / denominator[i]``, wall and CPU.
+
+    For sides run by :func:`interleave`: the two runs of a repeat are next to each other in
+    time, so their ratio cancels the machine's drift between repeats (on a shared VM, the same
+    step's time moved by 50% within minutes), which a ratio of medians keeps.
+    """
+    pairs = list(zip(numerator, denominator, strict=True))
+    return {
+        "wall": stats([a.wall_s / b.wall_s for a, b in pairs]),
+        "cpu": stats([a.cpu_s / b.cpu_s for a, b in pairs]),
+    }
+
+
 def timing_stats(timings: Sequence[Timing], scale: float = 1e3) -> dict[str, Any]:
     """:func:`stats` of the wall and CPU times, in milliseconds by default."""
     return {
