@@ -14,10 +14,13 @@ in no side; see ``steps.py``):
   (``encoders.hf.CPU_BF16_TRAINING_SDPA``: attention computed in float32 where a bfloat16
   backward follows on the CPU); what ``precision: auto`` runs on a CPU with native bf16.
 
-Repeats alternate their order (A B C D, D C B A, ...); medians and spreads are reported. The
-first batch's loss under each precision is given too. Goal (issue 14): ``bf16 after`` at most
-0.5 of ``fp32 before``. On a GPU the ratios are very different (tensor cores): this measures
-the CPU only.
+Repeats alternate their order (A B C D, D C B A, ...); medians and spreads are reported, and
+each ratio against ``fp32 before`` is the median of the per-repeat ratios
+(``common.paired_ratios``: the runs of a repeat share the machine's momentary speed). The
+per-sample ratio is one of differences of medians (its two batches run in separate repeats).
+The first batch's loss under each precision is given too. Goal (issue 14): ``bf16 after`` at
+most 0.5 of ``fp32 before``. On a GPU the ratios are very different (tensor cores): this
+measures the CPU only.
 
 ``fp32 before`` and ``bf16 after`` are timed at a small batch too (``--small-batch``): the
 step's fixed costs (operator dispatch, the optimizer over every parameter), and by difference
@@ -160,14 +163,18 @@ def main() -> None:
         {name: run(*SIDES[name], small_batches) for name in small_sides}, args.repeats
     )
     small = {name: common.timing_stats(ts) for name, ts in small_times.items()}
-    base = summary["fp32 before"]["wall"]["median"]
-    base_cpu = summary["fp32 before"]["cpu"]["median"]
+    ratios = {name: common.paired_ratios(ts, times["fp32 before"]) for name, ts in times.items()}
+    small_ratios = {
+        name: common.paired_ratios(ts, small_times["fp32 before"])
+        for name, ts in small_times.items()
+    }
 
-    def row(name: str, batch: int, stats: dict[str, Any], loss: bool) -> list[str]:
+    def row(
+        name: str, batch: int, stats: dict[str, Any], against_base: dict[str, Any], loss: bool
+    ) -> list[str]:
         """A side's table row, its ratios against ``fp32 before`` at the same batch."""
         precision, after = SIDES[name]
-        baseline = stats["fp32 before"]
-        wall, cpu = stats[name]["wall"], stats[name]["cpu"]
+        wall, ratio = stats[name]["wall"], against_base[name]
         return [
             name,
             str(batch),
@@ -176,19 +183,18 @@ def main() -> None:
             "0" if after else "0.1",
             common.ms(wall["median"]),
             f"{100 * wall['spread']:.0f}%",
-            f"{wall['median'] / baseline['wall']['median']:.3f}",
-            f"{cpu['median'] / baseline['cpu']['median']:.3f}",
+            f"{ratio['wall']['median']:.3f}",
+            f"{ratio['cpu']['median']:.3f}",
             f"{first_loss[precision]:.4f}" if loss else "",
         ]
 
-    small_base = small["fp32 before"]
-    rows = [row(name, batch_size, summary, loss=True) for name in SIDES]
-    rows += [row(name, args.small_batch, small, loss=False) for name in small_sides]
+    rows = [row(name, batch_size, summary, ratios, loss=True) for name in SIDES]
+    rows += [row(name, args.small_batch, small, small_ratios, loss=False) for name in small_sides]
 
     def per_sample(name: str) -> float:
         return float(summary[name]["wall"]["median"] - small[name]["wall"]["median"])
 
-    ratio = summary["bf16 after"]["wall"]["median"] / base
+    ratio = ratios["bf16 after"]["wall"]["median"]
     headlines = [
         common.headline(
             "default step, bf16-mixed after / fp32 before (wall)",
@@ -198,15 +204,15 @@ def main() -> None:
         ),
         common.headline(
             "default step, bf16-mixed before / fp32 before (wall)",
-            summary["bf16 before"]["wall"]["median"] / base,
+            ratios["bf16 before"]["wall"]["median"],
         ),
         common.headline(
             "default step, bf16-mixed after / fp32 before (cpu time)",
-            summary["bf16 after"]["cpu"]["median"] / base_cpu,
+            ratios["bf16 after"]["cpu"]["median"],
         ),
         common.headline(
             f"fixed costs (batch {args.small_batch}), bf16-mixed after / fp32 before (wall)",
-            small["bf16 after"]["wall"]["median"] / small_base["wall"]["median"],
+            small_ratios["bf16 after"]["wall"]["median"],
         ),
         common.headline(
             f"per-sample work (batch {batch_size} minus {args.small_batch}), "
