@@ -42,12 +42,12 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.shardlists import expand_urls
-from webdataset.tariterators import tarfile_samples
 
 from jepa_lightning.batch import Batch
 from jepa_lightning.data.collate import PairCollator, SampleError
 from jepa_lightning.data.index import INDEX_FILENAME, read_shard_index
 from jepa_lightning.data.seeds import seed_from
+from jepa_lightning.data.shard_reader import shard_samples
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def count_samples(url: str) -> int:
     Returns:
         The number of samples the reader finds (up to the first read error).
     """
-    return sum(1 for _ in tarfile_samples([{"url": url}], handler=wds.ignore_and_continue))
+    return sum(1 for _ in shard_samples(url, handler=wds.ignore_and_continue))
 
 
 @dataclass(frozen=True)
@@ -400,7 +400,7 @@ class ShardStream(IterableDataset):
             failed = True
             return True
 
-        samples = tarfile_samples([{"url": shard.url}], handler=on_error)
+        samples = shard_samples(shard.url, handler=on_error)
         for sample in itertools.islice(samples, shard.stop):
             if read >= shard.start:
                 if failed:
@@ -488,7 +488,7 @@ class ShardStream(IterableDataset):
             RuntimeError: If no shard holds a readable sample.
         """
         for shard in self.shards:
-            samples = tarfile_samples([{"url": shard.url}], handler=wds.ignore_and_continue)
+            samples = shard_samples(shard.url, handler=wds.ignore_and_continue)
             for sample in samples:
                 try:
                     return self.collator.decode_sample(sample)
