@@ -33,10 +33,10 @@ def shard_samples(url: str, handler: ErrorHandler) -> Iterator[dict[str, Any]]:
     """Yields the samples of one shard, as WebDataset's ``tarfile_samples`` does.
 
     A local file is read with ``tarfile``'s random access (a header walk, then one seek and
-    read per member). WebDataset's streaming reader re-buffers every read in Python; in-process
-    the training stream gave 0.971 of a bare ``tarfile`` loop's rate this way, against 0.906
-    (median over 5 fresh interpreters, 224 px JPEG shards). URLs, ``pipe:`` commands and
-    stdin go through WebDataset's reader.
+    read per member). WebDataset's streaming reader re-buffers every read in Python: with it,
+    the in-process training stream ran at 0.854 of a bare ``tarfile`` loop's rate, and at 0.904
+    this way (``benchmarks/bench_data_pipeline.py``, ``benchmarks/RESULTS.md``). URLs,
+    ``pipe:`` commands and stdin go through WebDataset's reader.
 
     A read error (unreadable or corrupt file, truncated member) is passed to ``handler`` and
     ends the shard, as in WebDataset; the samples read before it are kept.
