@@ -158,6 +158,7 @@ def _lightning_cli_class() -> type[LightningCLI]:
         The LightningCLI subclass.
     """
     from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.pytorch.callbacks import RichProgressBar
     from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
     from rich.console import Console
     from rich.table import Table
@@ -203,7 +204,7 @@ def _lightning_cli_class() -> type[LightningCLI]:
         def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
             # Lightning refuses a progress bar callback beside enable_progress_bar=False.
             if config.get("enable_progress_bar") is False:
-                callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+                callbacks = [c for c in callbacks if not isinstance(c, RichProgressBar)]
             return super()._instantiate_trainer(config, callbacks)
 
         def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
