@@ -5,11 +5,12 @@ Every side runs ``Trainer.fit`` on the default model (``configs/shapes_tiny.yaml
 in no side; see ``steps.py``):
 
 * ``fp32 before``: ``32-true``, AdamW's per-parameter loop (``fused=False``), the attention
-  kernel that PyTorch picks, and the Y-encoder with BERT's dropout (0.1): the state before
-  issue 14, the baseline of every ratio;
+  kernel that PyTorch picks, and the Y-encoder with BERT's dropout (0.1) and BERT's whole
+  vocabulary (30522 rows): the state before issue 14, the baseline of every ratio;
 * ``bf16 before``: ``bf16-mixed`` with the same model, optimizer and attention choice (the
   CPU flash-attention backward is slow in bfloat16);
-* ``fp32 after``: ``32-true``, the config as shipped (fused AdamW, no dropout);
+* ``fp32 after``: ``32-true``, the config as shipped (fused AdamW, no dropout, the vocabulary
+  trimmed to the shapes generator's words and every character: 2040 rows);
 * ``bf16 after``: ``bf16-mixed``, the config as shipped, with the package's attention
   (``encoders.hf.CPU_BF16_TRAINING_SDPA``: attention computed in float32 where a bfloat16
   backward follows on the CPU); what ``precision: auto`` runs on a CPU with native bf16.
@@ -55,6 +56,7 @@ from jepa_lightning.modules import VLJEPA
 from jepa_lightning.trainer import resolve_precision
 
 GOAL = 0.5
+BERT_TOKENIZER = "jepa_lightning:bert-base-uncased"
 SIDES: dict[str, tuple[str, bool]] = {
     # name: (precision, after issue 14)
     "fp32 before": ("32-true", False),
@@ -102,11 +104,13 @@ def attention_choice(package_rule: bool) -> Iterator[None]:
 
 
 def before_issue_14(section: dict[str, Any]) -> dict[str, Any]:
-    """The config's model as it was before issue 14: the Y-encoder with BERT's dropout (0.1)."""
+    """The config's model as it was before issue 14: the Y-encoder with BERT's dropout (0.1)
+    and BERT's whole vocabulary."""
     before = copy.deepcopy(section)
-    text_model = before["init_args"]["text_encoder"]["init_args"]["model"]
+    text_encoder = before["init_args"]["text_encoder"]["init_args"]
     for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-        text_model.pop(key, None)
+        text_encoder["model"].pop(key, None)
+    text_encoder["tokenizer"] = BERT_TOKENIZER
     return before
 
 
@@ -136,21 +140,29 @@ def main() -> None:
     optimizer_args = dict(config["model"]["init_args"]["optimizer"].get("init_args", {}))
     optimizer_args.pop("fused", None)
     batch_size = args.batch_size or int(config["data"]["init_args"]["batch_size"])
-    batches = make_batches(initial[True], args.steps, batch_size)
-    small_batches = make_batches(initial[True], args.steps, args.small_batch)
+    # The same samples, tokenized by each side's tokenizer.
+    batches = {
+        after: make_batches(model, args.steps, batch_size) for after, model in initial.items()
+    }
+    small_batches = {
+        after: make_batches(model, args.steps, args.small_batch) for after, model in initial.items()
+    }
 
     shipped = initial[True].eval()  # the first batch's loss, without dropout's noise
     with torch.no_grad():
-        losses = {"32-true": shipped.compute_losses(BatchForward(shipped.model, batches[0]))}
+        first = batches[True][0]
+        losses = {"32-true": shipped.compute_losses(BatchForward(shipped.model, first))}
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            losses["bf16-mixed"] = shipped.compute_losses(BatchForward(shipped.model, batches[0]))
+            losses["bf16-mixed"] = shipped.compute_losses(BatchForward(shipped.model, first))
     first_loss = {name: value["loss"].item() for name, value in losses.items()}
 
-    def run(precision: str, after: bool, on: list[Batch]) -> Callable[[], common.Timing]:
+    def run(
+        precision: str, after: bool, on: dict[bool, list[Batch]]
+    ) -> Callable[[], common.Timing]:
         def side() -> common.Timing:
             model = with_optimizer(copy.deepcopy(initial[after]), optimizer_args, fused=after)
             with attention_choice(package_rule=after):
-                return lightning_run(model, on, args.warmup, precision)
+                return lightning_run(model, on[after], args.warmup, precision)
 
         return side
 
@@ -169,6 +181,10 @@ def main() -> None:
         for name, ts in small_times.items()
     }
 
+    vocabulary = {
+        after: model.model.text_encoder.model.config.vocab_size for after, model in initial.items()
+    }
+
     def row(
         name: str, batch: int, stats: dict[str, Any], against_base: dict[str, Any], loss: bool
     ) -> list[str]:
@@ -181,6 +197,7 @@ def main() -> None:
             "fused" if after else "for-loop",
             "float32 where bf16 backward" if after else "PyTorch's",
             "0" if after else "0.1",
+            str(vocabulary[after]),
             common.ms(wall["median"]),
             f"{100 * wall['spread']:.0f}%",
             f"{ratio['wall']['median']:.3f}",
@@ -230,6 +247,7 @@ def main() -> None:
             "AdamW",
             "attention",
             "Y dropout",
+            "Y vocabulary",
             "ms/step",
             "spread",
             "/ fp32 before",

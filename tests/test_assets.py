@@ -4,10 +4,40 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from jepa_lightning.assets import resolve_tokenizer
+from jepa_lightning.tools.shapes import (
+    COLOURS,
+    POSITIONS,
+    RELATIONS,
+    SHAPES,
+    SIZES,
+    ShapesSpec,
+    generate_sample,
+    shapes_captions,
+)
+from jepa_lightning.tools.tokenizer import trim_vocabulary
+
+SHAPES_TOKENIZER = "jepa_lightning:bert-base-uncased-shapes"
+
+
+def shapes_generator_texts() -> list[str]:
+    """Every caption of the shapes generator with all its attributes, its questions and answers."""
+    every = ShapesSpec(
+        colours=tuple(COLOURS),
+        shapes=SHAPES,
+        sizes=tuple(SIZES),
+        positions=tuple(POSITIONS),
+        relations=tuple(RELATIONS),
+        image_size=32,
+    )
+    asking = ShapesSpec(image_size=32, with_queries=True)
+    samples = [generate_sample(index, spec=asking) for index in range(64)]
+    questions = {meta["query"] for _, _, meta in samples} | {answer for _, answer, _ in samples}
+    return shapes_captions(every) + sorted(questions)
 
 
 def test_packaged_name_resolves_to_the_package_copy() -> None:
@@ -34,3 +64,11 @@ def test_default_config_tokenizer_loads_outside_the_repository(tmp_path) -> None
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "[[101, 1037, 2417, 4418, 102]]"
+
+
+def test_shapes_tokenizer_is_bert_trimmed_to_the_shapes_generator(tmp_path: Path) -> None:
+    """The shipped shapes tokenizer is what trimming BERT's to the generator's texts gives."""
+    rebuilt = trim_vocabulary(shapes_generator_texts(), tmp_path / "rebuilt")
+    shipped = Path(resolve_tokenizer(SHAPES_TOKENIZER))
+    for name in ("vocab.txt", "tokenizer_config.json"):
+        assert (shipped / name).read_text() == (Path(rebuilt.output) / name).read_text(), name

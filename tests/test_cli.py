@@ -84,7 +84,7 @@ def test_help_describes_the_package_and_every_subcommand(capsys) -> None:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["data", "--help"], ["shapes", "convert", "cache"]),
+        (["data", "--help"], ["shapes", "convert", "cache", "tokenizer"]),
         (["data", "convert", "--help"], ["usage: jepa-lightning data convert", "--overwrite"]),
         (["export", "--help"], ["usage: jepa-lightning export", "checkpoint", "output"]),
         (["fit", "--model.help", "VLJEPA"], ["--model.embed_dim", "--model.text_encoder"]),

@@ -31,7 +31,8 @@ DESCRIPTION = (
     "embedding space rather than by generating tokens. Subcommands: 'fit', 'validate', 'test' "
     "and 'predict' run the Lightning Trainer on a config (jepa-lightning fit --config "
     "configs/shapes_tiny.yaml); 'data {shapes,convert,cache}' writes WebDataset shards: "
-    "generated shapes, a converted image folder, or cached frozen X-encoder features; 'export "
+    "generated shapes, a converted image folder, or cached frozen X-encoder features, and "
+    "'data tokenizer' a tokenizer trimmed to the shards' captions; 'export "
     "CHECKPOINT OUTPUT' writes the trained model as safetensors, loadable without Lightning; "
     "'search {build,query}' indexes images and finds them by text; 'classify' labels images "
     "from class names; 'evaluate' writes CLIP_benchmark results; 'export-encoder CHECKPOINT "
@@ -47,6 +48,7 @@ DATA_COMMANDS: dict[str, str] = {
     "shapes": "jepa_lightning.tools.shapes.write_shapes_shards",
     "convert": "jepa_lightning.tools.convert.convert_folder",
     "cache": "jepa_lightning.tools.feature_cache.cache_features",
+    "tokenizer": "jepa_lightning.tools.tokenizer.tokenizer_from_shards",
 }
 """``jepa-lightning data <command>``: the function that each runs, imported when it runs."""
 
@@ -277,7 +279,8 @@ def main(args: Sequence[str] | None = None) -> None:
     ``LightningDataModule`` can be named by ``class_path``; logs and
     checkpoints go to ``trainer.default_root_dir`` (default ``logs``).
     ``jepa-lightning data {shapes,convert,cache} ...`` writes WebDataset
-    shards; ``jepa-lightning export CHECKPOINT OUTPUT`` writes the trained
+    shards, ``data tokenizer`` a tokenizer trimmed to their captions;
+    ``jepa-lightning export CHECKPOINT OUTPUT`` writes the trained
     model as safetensors, loadable without Lightning; ``search {build,query}``,
     ``classify`` and ``evaluate`` use a trained model; ``export-encoder`` and
     ``probe`` export and score a JEPA-pretrained encoder.

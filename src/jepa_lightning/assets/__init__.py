@@ -4,6 +4,12 @@ A config names a shipped tokenizer as ``jepa_lightning:<name>`` (e.g.
 ``jepa_lightning:bert-base-uncased``), which resolves to the package's own copy wherever the
 command runs and wherever the package is installed, so that configs and the checkpoints that
 record them do not depend on the working folder.
+
+* ``bert-base-uncased``: BERT's uncased WordPiece tokenizer (30522 entries).
+* ``bert-base-uncased-shapes``: the same, trimmed (:func:`jepa_lightning.tools.tokenizer.
+  trim_vocabulary`) to every caption, question and answer of the shapes generator with all its
+  colours, shapes, sizes, positions and relations (2040 entries: those words, every single
+  character, the special tokens); ``tests/test_assets.py`` rebuilds it and compares.
 """
 
 from __future__ import annotations
