@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from conftest import REPO
+from transformers import AutoTokenizer
 
 from jepa_lightning.assets import resolve_tokenizer
 from jepa_lightning.tools.shapes import (
@@ -72,3 +75,24 @@ def test_shapes_tokenizer_is_bert_trimmed_to_the_shapes_generator(tmp_path: Path
     shipped = Path(resolve_tokenizer(SHAPES_TOKENIZER))
     for name in ("vocab.txt", "tokenizer_config.json"):
         assert (shipped / name).read_text() == (Path(rebuilt.output) / name).read_text(), name
+
+
+def test_default_config_words_are_whole_pieces_of_its_tokenizer() -> None:
+    """The default config's trimmed tokenizer splits none of its zero-shot words."""
+    config = yaml.safe_load((REPO / "configs" / "shapes_tiny.yaml").read_text())
+    text_encoder = config["model"]["init_args"]["text_encoder"]["init_args"]
+    assert text_encoder["tokenizer"] == SHAPES_TOKENIZER
+    tokenizer = AutoTokenizer.from_pretrained(resolve_tokenizer(SHAPES_TOKENIZER))
+    (zero_shot,) = [
+        callback["init_args"]
+        for callback in config["trainer"]["callbacks"]
+        if callback["class_path"].endswith("ZeroShotEvaluator")
+    ]
+    texts = [
+        template.format(name)
+        for task, names in zero_shot["class_names"].items()
+        for name in (names.values() if isinstance(names, dict) else names)
+        for template in zero_shot["templates"][task]
+    ]
+    for text in texts:
+        assert tokenizer.tokenize(text) == text.split(), text
