@@ -86,6 +86,14 @@ def test_truncated_shard_keeps_the_samples_before_the_cut(tmp_path: Path) -> Non
     assert [s["__key__"] for s in ours[:5]] == [f"s{n:05d}" for n in range(5)]
 
 
+def test_truncated_streamed_shard_reports_one_error(tmp_path: Path) -> None:
+    (path,) = write_shards(tmp_path, [8], bad={5: TRUNCATED})
+    ours, errors = our_read(f"pipe:cat {path}")
+    assert len(webdataset_read(f"pipe:cat {path}")[1]) == 2  # the same error, twice
+    assert len(errors) == 1
+    assert contents(ours) == contents(our_read(path)[0])
+
+
 def test_missing_or_corrupt_file_goes_to_the_handler(tmp_path: Path) -> None:
     samples, errors = our_read(str(tmp_path / "missing.tar"))
     assert samples == [] and isinstance(errors[0], FileNotFoundError)

@@ -38,8 +38,10 @@ def shard_samples(url: str, handler: ErrorHandler) -> Iterator[dict[str, Any]]:
     this way (``benchmarks/bench_data_pipeline.py``, ``benchmarks/RESULTS.md``). URLs,
     ``pipe:`` commands and stdin go through WebDataset's reader.
 
-    A read error (unreadable or corrupt file, truncated member) is passed to ``handler`` and
-    ends the shard, as in WebDataset; the samples read before it are kept.
+    A read error (unreadable or corrupt file, truncated member) is passed to ``handler`` once
+    and ends the shard, as in WebDataset; the samples read before it are kept. (WebDataset's
+    reader reports a streamed shard's read error a second time, re-wrapped: that one is
+    dropped.)
 
     Args:
         url: Local path, URL or ``pipe:`` command of a (possibly compressed) tar file.
@@ -49,9 +51,23 @@ def shard_samples(url: str, handler: ErrorHandler) -> Iterator[dict[str, Any]]:
         Dicts with ``__key__``, ``__url__`` and each member's bytes under its extension.
     """
     if not is_local_file(url):
-        yield from tarfile_samples([{"url": url}], handler=handler)
+        yield from tarfile_samples([{"url": url}], handler=_first_error_only(handler))
         return
     yield from group_by_keys(_local_members(url, handler), handler=handler)
+
+
+def _first_error_only(handler: ErrorHandler) -> ErrorHandler:
+    """``handler`` for a shard's first read error; later ones end the shard unreported."""
+    reported = False
+
+    def first_only(error: Exception) -> bool:
+        nonlocal reported
+        if reported:
+            return False  # WebDataset's reader: stop
+        reported = True
+        return handler(error)
+
+    return first_only
 
 
 def _local_members(url: str, handler: ErrorHandler) -> Iterator[dict[str, Any]]:

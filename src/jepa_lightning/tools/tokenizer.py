@@ -31,7 +31,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from jepa_lightning.assets import resolve_tokenizer
 from jepa_lightning.data.pipeline import ShardSource, resolve_shards
-from jepa_lightning.data.shard_reader import shard_samples
+from jepa_lightning.data.shard_reader import ErrorHandler, shard_samples
 from jepa_lightning.encoders.text import decode_text
 
 __all__ = ["TrimmedVocabulary", "tokenizer_from_shards", "trim_vocabulary"]
@@ -182,7 +182,7 @@ class _ShardTexts:
         self.skipped = 0
         self.unreadable_shards: list[str] = []
 
-    def _read_error(self, url: str) -> Any:
+    def _read_error(self, url: str) -> ErrorHandler:
         def handler(error: Exception) -> bool:
             log.warning("shard %s unreadable: %s", url, error)
             self.unreadable_shards.append(url)
