@@ -17,7 +17,13 @@ from torch.utils.data import DataLoader
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from jepa_lightning.data.collate import PairCollator
-from jepa_lightning.data.features import check_feature_cache, feature_cache_of, feature_codec
+from jepa_lightning.data.features import (
+    DTYPES,
+    check_feature_cache,
+    encoder_fingerprint,
+    feature_cache_of,
+    feature_codec,
+)
 from jepa_lightning.data.pipeline import (
     Shard,
     ShardSource,
@@ -27,7 +33,9 @@ from jepa_lightning.data.pipeline import (
     resolve_shards,
 )
 from jepa_lightning.data.receiver import BackgroundReceiver, receives_in_background
+from jepa_lightning.encoders.base import ModalityEncoder
 from jepa_lightning.timeouts import explain_timeout
+from jepa_lightning.tools.feature_cache import ensure_feature_cache
 from jepa_lightning.tools.shapes import ShapesSpec, ensure_shapes_shards
 
 log = logging.getLogger(__name__)
@@ -206,7 +214,9 @@ class WebDataModule(LightningDataModule):
       which then needs ``samples_per_epoch`` and at least ranks x workers shards).
 
     Feature shards written by ``jepa-lightning data cache`` are recognised by their
-    ``index.json``; their encoder fingerprint must match the model's X-encoder.
+    ``index.json``; their encoder fingerprint must match the model's X-encoder. With
+    ``feature_cache`` the data module writes that cache of the training shards itself, in
+    ``prepare_data`` (once; again when the encoder or the shards change), and trains on it.
 
     Args:
         collator: Decodes and batches samples: the model's ``batch_collator()``.
@@ -234,6 +244,12 @@ class WebDataModule(LightningDataModule):
         worker_timeout: Seconds a rank waits for a batch from its workers before it fails,
             naming itself (0 waits forever). Like the DDP strategy's ``timeout`` for
             collectives, it ends a run whose rank is stuck instead of leaving it hanging.
+        feature_cache: A folder for the frozen X-encoder's tokens of the training shards:
+            computed once, on the training device, and read in every epoch instead of the
+            images (validation still reads the images). Needs a frozen X-encoder whose inputs
+            are the same every epoch (not random training clips).
+        feature_cache_dtype: Storage dtype of ``feature_cache``: ``float16``, ``bfloat16``
+            (for tokens beyond float16's range) or ``float32`` (exact tokens).
     """
 
     def __init__(
@@ -253,6 +269,8 @@ class WebDataModule(LightningDataModule):
         persistent_workers: bool = False,
         multiprocessing_context: StartMethod | None = None,
         worker_timeout: float = 1800.0,
+        feature_cache: str | None = None,
+        feature_cache_dtype: str = "float16",
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -269,6 +287,16 @@ class WebDataModule(LightningDataModule):
                 raise ValueError(f"data.train_weights must be >= 0, not all 0: {train_weights}")
             if not resampled:
                 raise ValueError("data.train_weights needs data.resampled: true")
+            if feature_cache is not None:
+                raise ValueError(
+                    "data.feature_cache caches one training source, not weighted sources "
+                    "(data.train_weights): cache each with `jepa-lightning data cache`"
+                )
+        if feature_cache_dtype not in DTYPES:
+            raise ValueError(
+                f"data.feature_cache_dtype must be one of {', '.join(DTYPES)}, "
+                f"got {feature_cache_dtype!r}"
+            )
         self.collator = collator
         self.train_shards = train_shards
         self.val_shards = val_shards
@@ -284,7 +312,61 @@ class WebDataModule(LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.multiprocessing_context = worker_start_method(multiprocessing_context)
         self.worker_timeout = worker_timeout
+        self.feature_cache = feature_cache
+        self.feature_cache_dtype = feature_cache_dtype
         self._val_shards: list[Shard] | None = None
+
+    def prepare_data(self) -> None:
+        """Writes ``feature_cache`` unless it holds the current X-encoder's training tokens.
+
+        Raises:
+            ValueError: If ``feature_cache`` is set without a trainer and the model's
+                collator, the model's X-encoder is not frozen, or its training inputs are
+                random (clip starts).
+        """
+        if self.feature_cache is None:
+            return
+        if self.train_shards is None:
+            raise ValueError("data.train_shards is not set")
+        ensure_feature_cache(
+            self.train_shards,
+            self.feature_cache,
+            self._x_encoder_to_cache(),
+            dtype=self.feature_cache_dtype,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            device=str(self.trainer.strategy.root_device) if self.trainer else "cpu",
+            multiprocessing_context=self.multiprocessing_context,
+            name="data.feature_cache",
+        )
+
+    def _x_encoder_to_cache(self) -> ModalityEncoder:
+        """The model's X-encoder: the encoder whose fingerprint the model's collator carries."""
+        collator = self.collator
+        fingerprint = collator.x_fingerprint if collator is not None else None
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if collator is None or fingerprint is None or module is None:
+            raise ValueError(
+                "data.feature_cache is written from the model's X-encoder: run it through "
+                "Trainer.fit, with the model's batch_collator() as data.collator (a model "
+                "whose X-encoder trains, such as IJEPA, has no tokens to cache)"
+            )
+        if getattr(collator.x, "for_training", None) is not None:
+            raise ValueError(
+                "data.feature_cache: the X-encoder's training inputs are random (a clip start "
+                "per epoch), so a cache would fix one of them; train on the shards, or cache "
+                "centre clips on purpose with `jepa-lightning data cache`"
+            )
+        for encoder in module.modules():
+            if (
+                isinstance(encoder, ModalityEncoder)
+                and encoder_fingerprint(encoder)["hash"] == fingerprint["hash"]
+            ):
+                return encoder
+        raise ValueError(
+            "data.feature_cache: none of the model's encoders is the X-encoder that "
+            "data.collator names (pass this model's batch_collator())"
+        )
 
     def _collator(self, shards: list[Shard], name: str) -> PairCollator:
         """The model's collator; for feature shards, checked and reading cached tokens."""
@@ -349,6 +431,9 @@ class WebDataModule(LightningDataModule):
         """The training shards and, with ``train_weights``, each shard's draw weight."""
         if self.train_shards is None:
             raise ValueError("data.train_shards is not set")
+        if self.feature_cache is not None:
+            # Written by prepare_data, which Trainer.fit calls first.
+            return resolve_shards(self.feature_cache, "data.feature_cache"), None
         name = "data.train_shards"
         if self.train_weights is None:
             return resolve_shards(self.train_shards, name), None
@@ -501,3 +586,4 @@ class ShapesDataModule(WebDataModule):
                 split=split,
                 progress=True,
             )
+        super().prepare_data()

@@ -7,6 +7,7 @@ package's image path has no random augmentation (centre crop, resize), so the ca
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,14 @@ import torch
 import yaml
 from jsonargparse import ArgumentParser
 from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.fabric.utilities.rank_zero import rank_zero_info
 from lightning.fabric.utilities.seed import seed_everything
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from jepa_lightning.data.collate import PairCollator
 from jepa_lightning.data.features import DTYPES, FEATURE_FIELD, METADATA_KEY, encoder_fingerprint
-from jepa_lightning.data.index import ShardIndex
+from jepa_lightning.data.index import INDEX_FILENAME, ShardIndex, read_shard_index
 from jepa_lightning.data.pipeline import (
     Shard,
     ShardSource,
@@ -28,11 +30,12 @@ from jepa_lightning.data.pipeline import (
     count_samples,
     resolve_shards,
 )
+from jepa_lightning.data.shard_reader import is_local_file
 from jepa_lightning.encoders.base import ModalityEncoder
 from jepa_lightning.encoders.registry import load_plugins, resolve_names
 from jepa_lightning.tools.shards import ShardWriter
 
-__all__ = ["cache_features", "write_feature_cache"]
+__all__ = ["cache_features", "ensure_feature_cache", "write_feature_cache"]
 
 
 def write_feature_cache(
@@ -46,6 +49,7 @@ def write_feature_cache(
     device: str = "auto",
     overwrite: bool = False,
     progress: bool = True,
+    multiprocessing_context: str | None = None,
 ) -> ShardIndex:
     """Runs a frozen X-encoder once over image shards and writes feature shards.
 
@@ -61,10 +65,14 @@ def write_feature_cache(
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``...
         overwrite: Replace feature shards already in ``output``.
         progress: Show a progress bar.
+        multiprocessing_context: How the workers start (``forkserver``, ``spawn``,
+            ``fork``); default: PyTorch's.
 
     Returns:
         The index written; unreadable samples are skipped and counted in its metadata
-        (``feature_cache.skipped``).
+        (``feature_cache.skipped``). Its record lists the source shards, with the size and
+        modification time of local ones (``source_files``), so that
+        :func:`ensure_feature_cache` sees when they change.
 
     Raises:
         ValueError: If ``dtype`` is unknown, or the tokens overflow float16.
@@ -76,7 +84,10 @@ def write_feature_cache(
         for shard in resolve_shards(source, "source")
     ]
     stream = ShardStream(shards, PairCollator(encoder.codec()), batch_size, mode="eval")
-    loader = DataLoader(stream, batch_size=None, num_workers=num_workers)
+    context = multiprocessing_context if num_workers > 0 else None
+    loader = DataLoader(
+        stream, batch_size=None, num_workers=num_workers, multiprocessing_context=context
+    )
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     encoder = encoder.to(device).eval()
@@ -84,6 +95,7 @@ def write_feature_cache(
         "fingerprint": encoder_fingerprint(encoder),
         "dtype": dtype,
         "source": [shard.url for shard in shards],
+        "source_files": _source_files(shards),
         "skipped": 0,
     }
     written: set[str] = set()
@@ -120,6 +132,128 @@ def write_feature_cache(
 
 def _raw_bytes(tokens: Tensor) -> bytes:
     return bytes(tokens.contiguous().view(torch.uint8).numpy())
+
+
+def _source_files(shards: list[Shard]) -> list[list[Any]]:
+    """Each local shard's path, size and modification time: a rewritten shard changes them."""
+    files = []
+    for shard in shards:
+        if is_local_file(shard.url):
+            stat = os.stat(shard.url)
+            files.append([shard.url, stat.st_size, stat.st_mtime_ns])
+    return files
+
+
+def _stale_reason(folder: Path, wanted: dict[str, Any], name: str) -> str | None:
+    """Why ``folder`` does not hold the feature cache ``wanted`` describes; None if it does.
+
+    Raises:
+        ValueError: If ``folder`` holds shards that are not a feature cache.
+    """
+    if not (folder / INDEX_FILENAME).is_file():
+        others = sorted(p.name for p in folder.glob("*.tar") if not p.name.startswith("features"))
+        if others:
+            raise ValueError(
+                f"{name}: {folder} holds other shards ({', '.join(others[:3])}); refusing to "
+                "write a feature cache among them (choose another folder)"
+            )
+        return "no complete cache there yet"
+    try:
+        index = read_shard_index(folder, check_files=True)
+    except (OSError, ValueError) as error:
+        return f"its index is unusable ({error})"
+    record = index.metadata.get(METADATA_KEY)
+    if record is None:
+        raise ValueError(
+            f"{name}: {folder} holds shards that are not a feature cache; refusing to "
+            "overwrite them (choose another folder)"
+        )
+    if record.get("fingerprint", {}).get("hash") != wanted["fingerprint"]["hash"]:
+        return "the X-encoder changed"
+    if record.get("dtype") != wanted["dtype"]:
+        return f"its dtype is {record.get('dtype')}, not {wanted['dtype']}"
+    if record.get("source") != wanted["source"]:
+        return "the training shards are others"
+    if record.get("source_files") != wanted["source_files"]:
+        return "a training shard was rewritten"
+    return None
+
+
+def ensure_feature_cache(
+    source: ShardSource,
+    output: str,
+    encoder: ModalityEncoder,
+    dtype: str = "float16",
+    batch_size: int = 64,
+    num_workers: int = 2,
+    device: str = "auto",
+    multiprocessing_context: str | None = None,
+    name: str = "feature cache",
+) -> str:
+    """Writes the feature cache of ``encoder`` over ``source`` unless ``output`` holds it.
+
+    Cheap when the cache is current (reads ``index.json`` and stats the source shards), so a
+    data module's ``prepare_data`` can call it every run. The cache is (re)written when there
+    is none, its index is unreadable or lists a missing shard, or it was made by another
+    encoder (fingerprint), in another dtype, from other shards, or from a local shard since
+    rewritten (size or modification time). A streamed source (URL, ``pipe:``) is compared
+    by its URLs only.
+
+    Args:
+        source: The image shards (folder, brace pattern, ``pipe:`` command, or a list).
+        output: The cache's folder.
+        encoder: The frozen X-encoder, as the model being trained holds it.
+        dtype: Storage dtype: ``float16``, ``bfloat16`` or ``float32``.
+        batch_size: Images per encoder forward.
+        num_workers: Data loader workers decoding images.
+        device: Where the encoder runs: ``auto`` (CUDA when available), ``cpu``, ``cuda:1``...
+        multiprocessing_context: How the workers start; default: PyTorch's.
+        name: The config key of ``output``, named in messages and errors.
+
+    Returns:
+        The absolute path of the cache's folder.
+
+    Raises:
+        ValueError: If the encoder is not frozen (its tokens change as it trains), ``dtype``
+            is unknown, or ``output`` holds shards that are not a feature cache.
+        FileNotFoundError: If a local source shard does not exist.
+    """
+    if not encoder.frozen:
+        raise ValueError(
+            f"{name}: the X-encoder trains, so its tokens change every step; only a frozen "
+            "X-encoder's tokens can be cached"
+        )
+    if dtype not in DTYPES:
+        raise ValueError(f"{name}: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    shards = resolve_shards(source, "source")
+    folder = Path(output).absolute()
+    wanted = {
+        "fingerprint": encoder_fingerprint(encoder),
+        "dtype": dtype,
+        "source": [shard.url for shard in shards],
+        "source_files": _source_files(shards),
+    }
+    reason = _stale_reason(folder, wanted, name)
+    if reason is None:
+        return str(folder)
+    rank_zero_info(f"{name}: writing the X-encoder's tokens to {folder} ({reason})")
+    index = write_feature_cache(
+        source,
+        str(folder),
+        encoder,
+        dtype=dtype,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        overwrite=True,
+        progress=True,
+        multiprocessing_context=multiprocessing_context,
+    )
+    record = index.metadata[METADATA_KEY]
+    rank_zero_info(
+        f"{name}: {index.num_samples} samples cached ({record['skipped']} unreadable skipped)"
+    )
+    return str(folder)
 
 
 def cache_features(
