@@ -89,6 +89,9 @@ def test_missing_shard_and_empty_source_fail_with_the_key(tmp_path: Path) -> Non
         resolve_shards(str(tmp_path / "empty"), "data.val_shards")
     with pytest.raises(ValueError, match="names no shard"):
         resolve_shards([], "data.train_shards")
+    # Only local paths are checked (as the reader tells them apart); streams are read later.
+    streams = ["-", "pipe:cat nope.tar", "https://host/nope.tar", "file:///nope.tar"]
+    assert [shard.url for shard in resolve_shards(streams)] == streams
 
 
 def test_take_samples_wraps_around() -> None:

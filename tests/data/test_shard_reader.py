@@ -39,6 +39,8 @@ def contents(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ("https://host/shard.tar", False),
         ("file:///data/shard.tar", False),
         ("-", False),
+        ("C:\\shards\\train-0001.tar", True),
+        ("c:/shards/train-0001.tar", True),
     ],
 )
 def test_is_local_file(url: str, local: bool) -> None:

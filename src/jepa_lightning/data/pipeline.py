@@ -47,7 +47,7 @@ from jepa_lightning.batch import Batch
 from jepa_lightning.data.collate import PairCollator, SampleError
 from jepa_lightning.data.index import INDEX_FILENAME, read_shard_index
 from jepa_lightning.data.seeds import seed_from
-from jepa_lightning.data.shard_reader import shard_samples
+from jepa_lightning.data.shard_reader import is_local_file, shard_samples
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +112,7 @@ def resolve_shards(source: ShardSource, name: str = "shards") -> list[Shard]:
             shards.extend(Shard(url) for url in found)
             continue
         urls = expand_urls(item)
-        local = [url for url in urls if "://" not in url and not url.startswith("pipe:")]
-        missing = [url for url in local if not os.path.isfile(url)]
+        missing = [url for url in urls if is_local_file(url) and not os.path.isfile(url)]
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
             raise FileNotFoundError(

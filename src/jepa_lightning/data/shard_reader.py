@@ -20,13 +20,16 @@ _METADATA = re.compile(r"__[^/]*__($|/)")
 def is_local_file(url: str) -> bool:
     """Whether ``url`` is a plain path (no scheme, no ``pipe:`` command, not ``-`` for stdin).
 
+    A Windows path's drive letter (``C:/shards/a.tar``) parses as a one-letter scheme; no
+    URL scheme has one letter, so such a path counts as a path.
+
     Args:
         url: A shard's path, URL or ``pipe:`` command.
 
     Returns:
         True for a path that :func:`shard_samples` reads by random access.
     """
-    return url != "-" and urlparse(url).scheme == ""
+    return url != "-" and len(urlparse(url).scheme) <= 1
 
 
 def shard_samples(url: str, handler: ErrorHandler) -> Iterator[dict[str, Any]]:
