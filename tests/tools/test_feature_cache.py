@@ -272,10 +272,12 @@ def test_data_module_trains_on_its_feature_cache(
         callbacks=[batches],
         default_root_dir=tmp_path,
     )
+    trainer.validate(model, data)
+    assert not cache.exists()  # only fitting reads the training split
     trainer.fit(model, data)
     assert trainer.global_step == 3
     # Training reads the cached tokens; validation the images (callbacks may show them).
-    assert batches.cached == {"train": {True}, "val": {False}}
+    assert batches.cached == {"train": {True}, "val": {False}}, batches.cached
     index = read_shard_index(cache)
     assert index.num_samples == 256
     assert index.metadata[METADATA_KEY]["fingerprint"] == model.batch_collator().x_fingerprint

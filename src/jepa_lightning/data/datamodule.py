@@ -13,6 +13,7 @@ from types import ModuleType
 from typing import Any, Literal
 
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
@@ -319,6 +320,8 @@ class WebDataModule(LightningDataModule):
     def prepare_data(self) -> None:
         """Writes ``feature_cache`` unless it holds the current X-encoder's training tokens.
 
+        Only when fitting: validation, testing and prediction read the images.
+
         Raises:
             ValueError: If ``feature_cache`` is set without a trainer and the model's
                 collator, the model's X-encoder is not frozen, or its training inputs are
@@ -326,6 +329,8 @@ class WebDataModule(LightningDataModule):
         """
         if self.feature_cache is None:
             return
+        if self.trainer is not None and self.trainer.state.fn != TrainerFn.FITTING:
+            return  # validate, test and predict read no training data
         if self.train_shards is None:
             raise ValueError("data.train_shards is not set")
         ensure_feature_cache(
