@@ -5,6 +5,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -14,6 +15,7 @@ import torch
 import yaml
 from conftest import TINY_VIT, tiny_shapes_data
 from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
 
 from jepa_lightning.batch import Batch
 from jepa_lightning.cli import main
@@ -21,6 +23,7 @@ from jepa_lightning.data import WebDataModule
 from jepa_lightning.data.features import METADATA_KEY, encoder_fingerprint
 from jepa_lightning.data.index import read_shard_index
 from jepa_lightning.encoders import ModalityEncoder, VisionEncoder
+from jepa_lightning.encoders.video import VideoCodec
 from jepa_lightning.models.vl_jepa import BatchForward
 from jepa_lightning.modules import VLJEPA
 from jepa_lightning.tools.feature_cache import ensure_feature_cache, write_feature_cache
@@ -299,6 +302,14 @@ def test_data_module_feature_cache_errors(
     # Outside Trainer.fit there is no model to take the X-encoder from.
     with pytest.raises(ValueError, match="run it through Trainer.fit"):
         tiny_shapes_data(shapes_root, model, feature_cache=cache).prepare_data()
+    # Random clip starts in training: a cache would fix one clip per sample.
+    clips = tiny_shapes_data(shapes_root, model, feature_cache=cache)
+    clips.collator = replace(model.batch_collator(), x=VideoCodec(32, num_frames=2))
+    clips.trainer = SimpleNamespace(  # type: ignore[assignment]
+        lightning_module=model, state=SimpleNamespace(fn=TrainerFn.FITTING)
+    )
+    with pytest.raises(ValueError, match="training inputs are random"):
+        clips.prepare_data()
     training = VLJEPA(**dict(tiny_model_kwargs, x_encoder=VisionEncoder(TINY_VIT, frozen=False)))
     data = tiny_shapes_data(shapes_root, training, feature_cache=cache)
     trainer = Trainer(max_steps=1, logger=False, enable_progress_bar=False)
