@@ -305,3 +305,22 @@ def test_workers_find_the_main_scripts_imports_preloaded(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr[-3000:]
     # Imported by the script and once by the forkserver: not again by the three workers.
     assert len(imports.read_text().split()) == 2
+
+
+@pytest.mark.parametrize("per_node", [True, False])
+def test_prepare_data_on_another_node_than_the_first(
+    per_node: bool, tiny_model_kwargs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This process plays local rank 0 of node 1: it writes the generated shards only when
+    # each node writes its own (node-local disks), not when global rank 0 writes for all.
+    monkeypatch.setattr(Trainer, "node_rank", property(lambda self: 1))
+    model = VLJEPA(**tiny_model_kwargs)
+    data = tiny_shapes_data(tmp_path / "shapes", model, prepare_data_per_node=per_node)
+    trainer = Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_progress_bar=False)
+    if per_node:
+        trainer.fit(model, data)
+        assert trainer.global_step == 1
+    else:
+        with pytest.raises(FileNotFoundError):
+            trainer.fit(model, data)
+        assert not (tmp_path / "shapes" / "train").exists()

@@ -251,6 +251,10 @@ class WebDataModule(LightningDataModule):
             are the same every epoch (not random training clips).
         feature_cache_dtype: Storage dtype of ``feature_cache``: ``float16``, ``bfloat16``
             (for tokens beyond float16's range) or ``float32`` (exact tokens).
+        prepare_data_per_node: Where ``prepare_data`` (the feature cache; the generated data
+            sets' shards) writes: on each node's local rank 0 (for node-local disks), or, when
+            False, on global rank 0 only (for a filesystem the nodes share, where two writers
+            would write the same folder at once). Lightning's attribute of that name.
     """
 
     def __init__(
@@ -272,6 +276,7 @@ class WebDataModule(LightningDataModule):
         worker_timeout: float = 1800.0,
         feature_cache: str | None = None,
         feature_cache_dtype: str = "float16",
+        prepare_data_per_node: bool = True,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -315,6 +320,7 @@ class WebDataModule(LightningDataModule):
         self.worker_timeout = worker_timeout
         self.feature_cache = feature_cache
         self.feature_cache_dtype = feature_cache_dtype
+        self.prepare_data_per_node = prepare_data_per_node
         self._val_shards: list[Shard] | None = None
 
     def prepare_data(self) -> None:
