@@ -316,7 +316,14 @@ def test_prepare_data_on_another_node_than_the_first(
     monkeypatch.setattr(Trainer, "node_rank", property(lambda self: 1))
     model = VLJEPA(**tiny_model_kwargs)
     data = tiny_shapes_data(tmp_path / "shapes", model, prepare_data_per_node=per_node)
-    trainer = Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_progress_bar=False)
+    trainer = Trainer(
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
     if per_node:
         trainer.fit(model, data)
         assert trainer.global_step == 1

@@ -312,7 +312,9 @@ def test_data_module_feature_cache_errors(
         clips.prepare_data()
     training = VLJEPA(**dict(tiny_model_kwargs, x_encoder=VisionEncoder(TINY_VIT, frozen=False)))
     data = tiny_shapes_data(shapes_root, training, feature_cache=cache)
-    trainer = Trainer(max_steps=1, logger=False, enable_progress_bar=False)
+    trainer = Trainer(
+        max_steps=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
     with pytest.raises(ValueError, match="only a frozen X-encoder's tokens can be cached"):
         trainer.fit(training, data)
     assert not Path(cache).exists()
