@@ -9,6 +9,7 @@ from where they started. The parent polls the children with a deadline (see ``sp
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,10 @@ def _fit(rank: int, shapes_root: str, folder: str) -> dict[str, Any]:
 @pytest.mark.slow
 def test_target_encoders_stay_identical_on_every_rank(shapes_root: Path, tmp_path: Path) -> None:
     first, second = run_on_ranks(
-        _Fit(str(shapes_root), str(tmp_path)), tmp_path, world_size=2, timeout_s=240
+        functools.partial(_fit, shapes_root=str(shapes_root), folder=str(tmp_path)),
+        tmp_path,
+        world_size=2,
+        timeout_s=240,
     )
     assert len(first["snapshots"]) == len(second["snapshots"]) == STEPS
     for step in range(STEPS):
@@ -81,14 +85,3 @@ def test_target_encoders_stay_identical_on_every_rank(shapes_root: Path, tmp_pat
     )
     final, start = first["snapshots"][-1], first["snapshots"][0]
     assert not all(torch.equal(a, b) for a, b in zip(final, start, strict=True))
-
-
-class _Fit:
-    """A picklable ``fn(rank)`` for the spawned workers."""
-
-    def __init__(self, shapes_root: str, folder: str) -> None:
-        self.shapes_root = shapes_root
-        self.folder = folder
-
-    def __call__(self, rank: int) -> dict[str, Any]:
-        return _fit(rank, self.shapes_root, self.folder)

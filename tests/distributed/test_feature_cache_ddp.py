@@ -8,6 +8,7 @@ the children with a deadline (see ``spawn.py``).
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,10 @@ def _fit(rank: int, shapes_root: str, folder: str) -> dict[str, Any]:
 @pytest.mark.slow
 def test_ranks_train_on_one_cache_written_before_them(shapes_root: Path, tmp_path: Path) -> None:
     first, second = run_on_ranks(
-        _Fit(str(shapes_root), str(tmp_path)), tmp_path, world_size=2, timeout_s=240
+        functools.partial(_fit, shapes_root=str(shapes_root), folder=str(tmp_path)),
+        tmp_path,
+        world_size=2,
+        timeout_s=240,
     )
     for rank in (first, second):
         assert rank["cached"]["train"] == [True] * STEPS
@@ -89,14 +93,3 @@ def test_ranks_train_on_one_cache_written_before_them(shapes_root: Path, tmp_pat
     written_at = (tmp_path / "train-features" / "index.json").stat().st_mtime_ns
     assert first["index_written_at"] == second["index_written_at"] == written_at
     assert read_shard_index(tmp_path / "train-features").num_samples == 256
-
-
-class _Fit:
-    """A picklable ``fn(rank)`` for the spawned workers."""
-
-    def __init__(self, shapes_root: str, folder: str) -> None:
-        self.shapes_root = shapes_root
-        self.folder = folder
-
-    def __call__(self, rank: int) -> dict[str, Any]:
-        return _fit(rank, self.shapes_root, self.folder)
