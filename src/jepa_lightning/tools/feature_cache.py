@@ -37,6 +37,9 @@ from jepa_lightning.tools.shards import ShardWriter
 
 __all__ = ["cache_features", "ensure_feature_cache", "write_feature_cache"]
 
+SHARD_PREFIX = "features"
+"""Name prefix of the feature shards (``features-000000.tar``...)."""
+
 
 def write_feature_cache(
     source: ShardSource,
@@ -104,7 +107,7 @@ def write_feature_cache(
         from rich.progress import track
 
         batches = track(loader, total=len(stream), description="caching features")
-    with ShardWriter(output, "features", samples_per_shard, overwrite=overwrite) as writer:
+    with ShardWriter(output, SHARD_PREFIX, samples_per_shard, overwrite=overwrite) as writer:
         for batch in batches:
             with torch.no_grad():
                 tokens, mask = encoder(move_data_to_device(batch.x, device))
@@ -151,7 +154,9 @@ def _stale_reason(folder: Path, wanted: dict[str, Any], name: str) -> str | None
         ValueError: If ``folder`` holds shards that are not a feature cache.
     """
     if not (folder / INDEX_FILENAME).is_file():
-        others = sorted(p.name for p in folder.glob("*.tar") if not p.name.startswith("features"))
+        others = sorted(
+            p.name for p in folder.glob("*.tar") if not p.name.startswith(f"{SHARD_PREFIX}-")
+        )
         if others:
             raise ValueError(
                 f"{name}: {folder} holds other shards ({', '.join(others[:3])}); refusing to "
