@@ -12,7 +12,7 @@ from dataclasses import replace
 from types import ModuleType
 from typing import Any, Literal
 
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 from torch.utils.data.dataloader import _BaseDataLoaderIter
@@ -196,6 +196,28 @@ class EpochDataLoader(DataLoader):
         return batches
 
 
+def _x_encoder_to_cache(
+    module: LightningModule, collator: PairCollator, fingerprint_hash: str
+) -> ModalityEncoder:
+    """The model's X-encoder: the encoder of ``module`` with the collator's fingerprint."""
+    if getattr(collator.x, "for_training", None) is not None:
+        raise ValueError(
+            "data.feature_cache: the X-encoder's training inputs are random (a clip start "
+            "per epoch), so a cache would fix one of them; train on the shards, or cache "
+            "centre clips on purpose with `jepa-lightning data cache`"
+        )
+    for encoder in module.modules():
+        if (
+            isinstance(encoder, ModalityEncoder)
+            and encoder_fingerprint(encoder)["hash"] == fingerprint_hash
+        ):
+            return encoder
+    raise ValueError(
+        "data.feature_cache: none of the model's encoders is the X-encoder that "
+        "data.collator names (pass this model's batch_collator())"
+    )
+
+
 class WebDataModule(LightningDataModule):
     """Streams (image, caption[, json]) samples, or cached X-encoder tokens, from WebDataset shards.
 
@@ -335,48 +357,30 @@ class WebDataModule(LightningDataModule):
         """
         if self.feature_cache is None:
             return
-        if self.trainer is not None and self.trainer.state.fn != TrainerFn.FITTING:
+        trainer = self.trainer
+        if trainer is not None and trainer.state.fn != TrainerFn.FITTING:
             return  # validate, test and predict read no training data
         if self.train_shards is None:
             raise ValueError("data.train_shards is not set")
-        ensure_feature_cache(
-            self.train_shards,
-            self.feature_cache,
-            self._x_encoder_to_cache(),
-            dtype=self.feature_cache_dtype,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            device=str(self.trainer.strategy.root_device) if self.trainer else "cpu",
-            multiprocessing_context=self.multiprocessing_context,
-            name="data.feature_cache",
-        )
-
-    def _x_encoder_to_cache(self) -> ModalityEncoder:
-        """The model's X-encoder: the encoder whose fingerprint the model's collator carries."""
         collator = self.collator
         fingerprint = collator.x_fingerprint if collator is not None else None
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        if collator is None or fingerprint is None or module is None:
+        module = trainer.lightning_module if trainer is not None else None
+        if trainer is None or module is None or collator is None or fingerprint is None:
             raise ValueError(
                 "data.feature_cache is written from the model's X-encoder: run it through "
                 "Trainer.fit, with the model's batch_collator() as data.collator (a model "
                 "whose X-encoder trains, such as IJEPA, has no tokens to cache)"
             )
-        if getattr(collator.x, "for_training", None) is not None:
-            raise ValueError(
-                "data.feature_cache: the X-encoder's training inputs are random (a clip start "
-                "per epoch), so a cache would fix one of them; train on the shards, or cache "
-                "centre clips on purpose with `jepa-lightning data cache`"
-            )
-        for encoder in module.modules():
-            if (
-                isinstance(encoder, ModalityEncoder)
-                and encoder_fingerprint(encoder)["hash"] == fingerprint["hash"]
-            ):
-                return encoder
-        raise ValueError(
-            "data.feature_cache: none of the model's encoders is the X-encoder that "
-            "data.collator names (pass this model's batch_collator())"
+        ensure_feature_cache(
+            self.train_shards,
+            self.feature_cache,
+            _x_encoder_to_cache(module, collator, fingerprint["hash"]),
+            dtype=self.feature_cache_dtype,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            device=str(trainer.strategy.root_device),
+            multiprocessing_context=self.multiprocessing_context,
+            name="data.feature_cache",
         )
 
     def _collator(self, shards: list[Shard], name: str) -> PairCollator:
