@@ -5,10 +5,12 @@ Every side runs ``Trainer.fit`` on the default model (``configs/shapes_tiny.yaml
 in no side; see ``steps.py``):
 
 * ``fp32 before``: ``32-true``, AdamW's per-parameter loop (``fused=False``), the attention
-  kernel that PyTorch picks, and the Y-encoder with BERT's dropout (0.1) and BERT's whole
-  vocabulary (30522 rows): the state before issue 14, the baseline of every ratio;
-* ``bf16 before``: ``bf16-mixed`` with the same model, optimizer and attention choice (the
-  CPU flash-attention backward is slow in bfloat16);
+  kernel that PyTorch picks, the X-encoder's patch embedding as a strided convolution and its
+  image normalisation in three passes, and the Y-encoder with BERT's dropout (0.1) and BERT's
+  whole vocabulary (30522 rows): the state before issue 14 (the code at 12ec1cf), the
+  baseline of every ratio;
+* ``bf16 before``: ``bf16-mixed`` with the same model, optimizer and kernels (the CPU
+  flash-attention backward is slow in bfloat16);
 * ``fp32 after``: ``32-true``, the config as shipped (fused AdamW, no dropout, the vocabulary
   trimmed to the shapes generator's words and every character: 2040 rows);
 * ``bf16 after``: ``bf16-mixed``, the config as shipped, with the package's attention
@@ -44,12 +46,14 @@ from unittest import mock
 import common
 import torch
 from steps import build_model, lightning_run, load_config, make_batches
+from torch import Tensor
 from transformers import PretrainedConfig
 
 import jepa_lightning.encoders.text
 import jepa_lightning.encoders.vision
 import jepa_lightning.predictor
 from jepa_lightning.batch import Batch
+from jepa_lightning.encoders import VisionEncoder
 from jepa_lightning.encoders.hf import CPU_BF16_TRAINING_SDPA
 from jepa_lightning.models import BatchForward
 from jepa_lightning.modules import VLJEPA
@@ -85,10 +89,19 @@ def pytorch_attention(model: VLJEPA) -> VLJEPA:
     return model
 
 
+def normalize_in_three_passes(self: VisionEncoder, images: Tensor) -> Tensor:
+    """``VisionEncoder.normalize`` before issue 14: convert, then subtract, then divide."""
+    dtype = self.image_mean.dtype
+    pixels = images.to(dtype) / 255.0 if images.dtype == torch.uint8 else images.to(dtype)
+    return (pixels - self.image_mean) / self.image_std
+
+
 @contextlib.contextmanager
-def attention_choice(package_rule: bool) -> Iterator[None]:
-    """The attention kernels: the package's rule (``attention_kernel``), or PyTorch's choice."""
-    if package_rule:
+def step_code(after: bool) -> Iterator[None]:
+    """The step's code after issue 14 (as shipped), or before it: PyTorch's attention kernels
+    instead of the package's rule (``attention_kernel``), and the image normalisation in three
+    passes."""
+    if after:
         yield
         return
     with contextlib.ExitStack() as stack:
@@ -100,18 +113,23 @@ def attention_choice(package_rule: bool) -> Iterator[None]:
                     lambda config, device, dtype: contextlib.nullcontext(),
                 )
             )
+        stack.enter_context(
+            mock.patch.object(VisionEncoder, "normalize", normalize_in_three_passes)
+        )
         yield
 
 
-def before_issue_14(section: dict[str, Any]) -> dict[str, Any]:
+def build_before_issue_14(section: dict[str, Any]) -> VLJEPA:
     """The config's model as it was before issue 14: the Y-encoder with BERT's dropout (0.1)
-    and BERT's whole vocabulary."""
+    and BERT's whole vocabulary, the X-encoder's patch embedding a strided convolution and
+    ``transformers``' SDPA attention in every part."""
     before = copy.deepcopy(section)
     text_encoder = before["init_args"]["text_encoder"]["init_args"]
     for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
         text_encoder["model"].pop(key, None)
     text_encoder["tokenizer"] = BERT_TOKENIZER
-    return before
+    with mock.patch.object(jepa_lightning.encoders.vision, "use_patch_linear", lambda model: 0):
+        return pytorch_attention(build_model(before))
 
 
 def with_optimizer(model: VLJEPA, init_args: dict[str, Any], fused: bool) -> VLJEPA:
@@ -135,7 +153,7 @@ def main() -> None:
     config = load_config()
     initial = {
         True: build_model(config["model"]),
-        False: pytorch_attention(build_model(before_issue_14(config["model"]))),
+        False: build_before_issue_14(config["model"]),
     }
     optimizer_args = dict(config["model"]["init_args"]["optimizer"].get("init_args", {}))
     optimizer_args.pop("fused", None)
@@ -161,7 +179,7 @@ def main() -> None:
     ) -> Callable[[], common.Timing]:
         def side() -> common.Timing:
             model = with_optimizer(copy.deepcopy(initial[after]), optimizer_args, fused=after)
-            with attention_choice(package_rule=after):
+            with step_code(after):
                 return lightning_run(model, on[after], args.warmup, precision)
 
         return side
@@ -196,6 +214,7 @@ def main() -> None:
             str(batch),
             "fused" if after else "for-loop",
             "float32 where bf16 backward" if after else "PyTorch's",
+            "matmul, 1 pass" if after else "conv, 3 passes",
             "0" if after else "0.1",
             str(vocabulary[after]),
             common.ms(wall["median"]),
@@ -246,6 +265,7 @@ def main() -> None:
             "batch",
             "AdamW",
             "attention",
+            "X patches, normalisation",
             "Y dropout",
             "Y vocabulary",
             "ms/step",
