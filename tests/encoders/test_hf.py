@@ -9,11 +9,13 @@ import torch.nn.functional as F
 from conftest import TINY_BERT, TINY_LLAMA, TINY_VIT, TOKENIZER, attention_dtypes
 from torch import Tensor
 from transformers import PretrainedConfig
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from jepa_lightning.encoders import TextEncoder
 from jepa_lightning.encoders.hf import (
     _DTYPE_KWARG,
     CPU_BF16_TRAINING_SDPA,
+    _bf16_eager_attention,
     attention_kernel,
     build_config,
     build_model,
@@ -110,7 +112,7 @@ def test_attention_kernel_restricts_plain_sdpa_to_math_for_a_cpu_bfloat16_backwa
     # bfloat16 by autocast or by weights, with a backward to come: the math kernel.
     assert kernel_dtypes(plain, torch.float32, autocast=True) == []
     assert kernel_dtypes(plain, torch.bfloat16, autocast=False) == []
-    # A model with CPU_BF16_TRAINING_SDPA computes its attention in float32 itself.
+    # A model with CPU_BF16_TRAINING_SDPA chooses its attention itself.
     assert kernel_dtypes(ours, torch.bfloat16, autocast=False) == [torch.bfloat16]
     # No backward: the flash kernel's forward is the faster one, so no restriction.
     with torch.no_grad():
@@ -126,7 +128,7 @@ def test_build_model_gives_sdpa_models_float32_attention_for_cpu_bf16_training(
     assert explicit.config._attn_implementation == "eager"
 
 
-def test_float32_attention_for_cpu_bf16_training_keeps_sdpa_results_and_masks() -> None:
+def test_cpu_bf16_training_attention_keeps_sdpa_results_and_masks() -> None:
     torch.manual_seed(0)
     model = build_model(TINY_LLAMA).train()
     embeds = torch.randn(2, 5, TINY_LLAMA["hidden_size"])
@@ -141,9 +143,9 @@ def test_float32_attention_for_cpu_bf16_training_keeps_sdpa_results_and_masks() 
     reference = run("sdpa", embeds, autocast=False)
     exact = run(CPU_BF16_TRAINING_SDPA, embeds, autocast=False)
     torch.testing.assert_close(exact, reference, rtol=0, atol=0)
-    # Under bf16-mixed with a backward to come: float32 attention, bf16 precision overall.
+    # Under bf16-mixed with a backward to come: no flash kernel, bf16 precision overall.
     output = run(CPU_BF16_TRAINING_SDPA, embeds, autocast=True)
-    assert attention_dtypes(output) == [torch.float32] * TINY_LLAMA["num_hidden_layers"]
+    assert attention_dtypes(output) == []
     torch.testing.assert_close(output.float(), reference, rtol=0.05, atol=0.05)
     # The padded positions stay unseen: changing them leaves the real tokens' outputs.
     changed = embeds.clone()
@@ -156,6 +158,54 @@ def test_float32_attention_for_cpu_bf16_training_keeps_sdpa_results_and_masks() 
         plain = run("sdpa", embeds, autocast=True)
         ours = run(CPU_BF16_TRAINING_SDPA, embeds, autocast=True)
     torch.testing.assert_close(ours, plain, rtol=0, atol=0)
+
+
+class _Attention(torch.nn.Module):
+    """The attributes ``transformers``' attention functions read from a model's attention."""
+
+    def __init__(self, is_causal: bool, num_key_value_groups: int = 1) -> None:
+        super().__init__()
+        self.is_causal = is_causal
+        self.num_key_value_groups = num_key_value_groups
+
+
+@pytest.mark.parametrize(
+    ("is_causal", "groups", "mask_kind", "bias"),
+    [
+        (False, 1, None, False),
+        (True, 1, None, False),
+        (True, 1, "bool", False),
+        (False, 1, "bool", False),
+        (False, 1, "float", False),
+        (False, 2, "bool", False),
+        (True, 2, None, True),
+    ],
+)
+def test_bf16_eager_attention_computes_sdpa_attention(
+    is_causal: bool, groups: int, mask_kind: str | None, bias: bool
+) -> None:
+    # In float32 the eager recipe is exactly SDPA's attention, masks and all (rounding aside).
+    torch.manual_seed(0)
+    module = _Attention(is_causal, groups)
+    query = torch.randn(2, 4, 5, 8)
+    key, value = torch.randn(2, 4 // groups, 5, 8), torch.randn(2, 4 // groups, 5, 8)
+    keep = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    mask = None
+    if mask_kind is not None:
+        mask = keep[:, None, None, :] & torch.ones(5, 5, dtype=torch.bool).tril()
+        mask = mask if is_causal else keep[:, None, None, :].expand(2, 1, 5, 5)
+    if mask_kind == "float":
+        mask = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+    kwargs = {"position_bias": torch.randn(1, 4, 5, 5)} if bias else {}
+    ours, _ = _bf16_eager_attention(module, query, key, value, mask, scaling=0.3, **kwargs)
+    reference, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3, **kwargs)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_eager_attention_refuses_a_softcap() -> None:
+    query = torch.randn(1, 2, 3, 4)
+    with pytest.raises(ValueError, match="softcap"):
+        _bf16_eager_attention(_Attention(False), query, query, query, None, softcap=30.0)
 
 
 def test_text_encoder_trains_without_the_bf16_flash_kernel_under_bf16() -> None:

@@ -11,9 +11,10 @@ from typing import Any
 import torch
 from lightning_utilities.core.imports import compare_version
 from torch import Tensor
+from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
 
@@ -112,7 +113,7 @@ def build_model(source: ModelSource, **kwargs: Any) -> PreTrainedModel:
 
     Models whose attention goes through ``transformers``' attention interface and that
     would use its SDPA attention get :data:`CPU_BF16_TRAINING_SDPA` instead: the same
-    attention, in float32 where a bfloat16 backward follows on the CPU.
+    attention, without the flash kernel where a bfloat16 backward follows on the CPU.
 
     Args:
         source: A hub name or local folder (``from_pretrained``), or a config
@@ -158,9 +159,9 @@ def _bf16_backward_on_cpu(device: torch.device, *dtypes: torch.dtype) -> bool:
     """Whether attention on ``device`` computes in bfloat16 with a backward to follow on the CPU.
 
     On the CPU, the flash-attention kernel's backward in bfloat16 (bf16-mixed autocast or
-    bf16 weights) is several times slower than in float32, and the math kernel in bfloat16
-    is slower than flash in float32 both ways for short sequences; in float32, and on GPUs,
-    PyTorch's own choice is best (``benchmarks/bench_precision.py``).
+    bf16 weights) is several times slower than in float32, and the math kernel upcasts
+    bfloat16 to float32; in float32, and on GPUs, PyTorch's own choice is best
+    (``benchmarks/bench_precision.py``).
     """
     if device.type != "cpu" or not torch.is_grad_enabled():
         return False
@@ -178,22 +179,64 @@ def _sdpa_for_cpu_bf16_training(
     attention_mask: Tensor | None,
     **kwargs: Any,
 ) -> tuple[Tensor, Tensor | None]:
-    """``transformers``' SDPA attention, in float32 where a CPU bfloat16 backward follows."""
+    """SDPA attention, or :func:`_bf16_eager_attention` where a CPU bfloat16 backward follows."""
     if not _bf16_backward_on_cpu(query.device, query.dtype, key.dtype, value.dtype):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    if attention_mask is not None and attention_mask.is_floating_point():
-        attention_mask = attention_mask.float()
-    with torch.autocast("cpu", enabled=False):
-        output, weights = sdpa_attention_forward(
-            module, query.float(), key.float(), value.float(), attention_mask, **kwargs
+    return _bf16_eager_attention(module, query, key, value, attention_mask, **kwargs)
+
+
+def _bf16_eager_attention(
+    module: torch.nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    position_bias: Tensor | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, None]:
+    """Attention as two bfloat16 matrix products around a float32 softmax.
+
+    ``transformers``' eager recipe, with the masks of its SDPA attention: a boolean mask keeps
+    the ``True`` positions, a float mask is added, and no mask on a causal module means a causal
+    mask. On the CPU its backward is faster than the flash kernel's, in bfloat16 or in float32,
+    for the short sequences of image patches and captions.
+
+    Raises:
+        ValueError: If the model asks for a logit soft-cap (as ``transformers``' SDPA attention).
+    """
+    if kwargs.get("softcap") is not None:
+        raise ValueError(
+            "CPU bfloat16 training attention does not support `softcap`; "
+            "set attn_implementation='eager'"
         )
-    return output.to(torch.bfloat16), weights
+    groups = getattr(module, "num_key_value_groups", 1)
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if position_bias is not None:
+        scores = scores + position_bias
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    if attention_mask is None and causal and query.shape[2] > 1:
+        attention_mask = torch.ones(
+            query.shape[2], key.shape[2], dtype=torch.bool, device=query.device
+        ).tril()
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    elif attention_mask is not None:
+        scores = scores + attention_mask
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=dropout > 0)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), None
 
 
 CPU_BF16_TRAINING_SDPA = "jepa_lightning_sdpa"
 """The attention implementation :func:`build_model` gives models with SDPA attention:
-``transformers``' SDPA attention and masks, computed in float32 where a bfloat16 backward
-follows on the CPU (5% less time per step of the default config in bf16-mixed)."""
+``transformers``' SDPA attention and masks, computed as two bfloat16 matrix products around a
+float32 softmax where a bfloat16 backward follows on the CPU (:func:`_bf16_eager_attention`)."""
 AttentionInterface.register(CPU_BF16_TRAINING_SDPA, _sdpa_for_cpu_bf16_training)
 ALL_MASK_ATTENTION_FUNCTIONS.register(CPU_BF16_TRAINING_SDPA, sdpa_mask)
 
