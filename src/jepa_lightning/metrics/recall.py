@@ -375,7 +375,7 @@ def _count_hits(
     Per block: one matrix product into a reused buffer, a gather of the positives' scores,
     then the buffer is overwritten in place with "scores higher than the best positive" as
     0/1 and summed per row. That is cheaper than a ``topk`` over the same rows (N=50k on one
-    thread: 24.1 vs 30.8 s against a chunked ``mm`` + ``topk``, ``benchmarks/RESULTS.md``)
+    thread: 33.1 vs 43.3 s against a chunked ``mm`` + ``topk``, ``benchmarks/RESULTS.md``)
     and gives the same hits: the ``k``-th best score is at most the best positive's exactly
     when fewer than ``k`` scores are above it. The float32 row sums are exact integers while
     below 2**24, and a larger count is above any ``k`` in use.
