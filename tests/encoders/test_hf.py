@@ -121,7 +121,7 @@ def test_attention_kernel_restricts_plain_sdpa_to_math_for_a_cpu_bfloat16_backwa
 
 
 @pytest.mark.parametrize("source", [TINY_VIT, TINY_LLAMA], ids=["vit", "llama"])
-def test_build_model_gives_sdpa_models_float32_attention_for_cpu_bf16_training(
+def test_build_model_gives_sdpa_models_the_cpu_bf16_training_attention(
     source: dict[str, Any],
 ) -> None:
     assert build_model(source).config._attn_implementation == CPU_BF16_TRAINING_SDPA
@@ -200,10 +200,8 @@ def test_bf16_eager_attention_computes_sdpa_attention(
     query = torch.randn(2, 4, 5, 8)
     key, value = torch.randn(2, 4 // groups, 5, 8), torch.randn(2, 4 // groups, 5, 8)
     keep = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
-    mask = None
-    if mask_kind is not None:
-        mask = keep[:, None, None, :] & torch.ones(5, 5, dtype=torch.bool).tril()
-        mask = mask if is_causal else keep[:, None, None, :].expand(2, 1, 5, 5)
+    order = torch.ones(5, 5, dtype=torch.bool).tril() | (not is_causal)
+    mask = None if mask_kind is None else keep[:, None, None, :] & order
     if mask_kind == "float":
         mask = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
     kwargs = {"position_bias": torch.randn(1, 4, 5, 5)} if bias else {}
