@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from jepa_lightning.metrics import CrossModalRecall
+from jepa_lightning.metrics import CrossModalRecall, recall
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``compute`` method of metric")
 
@@ -133,6 +133,75 @@ def test_ties_resolved_in_favour_of_positive() -> None:
         "t2i/R@1": torch.tensor(1.0),
         "mean": torch.tensor(1.0),
     }
+
+
+def counted_recall(
+    image: Tensor, text: Tensor, ids: Tensor, top_k: tuple[int, ...]
+) -> dict[str, float]:
+    """Brute force of the tie rule itself: a hit at k when fewer than k candidates score
+    strictly above the best positive (the argsort reference leaves tied orders to chance)."""
+    sims = F.normalize(image.double(), dim=-1) @ F.normalize(text.double(), dim=-1).T
+    positive = ids[:, None] == ids[None, :]
+    out: dict[str, float] = {}
+    for name, s in (("i2t", sims), ("t2i", sims.T)):
+        best = s.masked_fill(~positive, float("-inf")).amax(dim=1, keepdim=True)
+        better = (s > best).sum(dim=1)
+        for k in top_k:
+            out[f"{name}/R@{k}"] = (better < k).double().mean().item()
+    out["mean"] = sum(out.values()) / len(out)
+    return out
+
+
+@pytest.mark.parametrize("chunk_size", [5, None])
+def test_duplicate_rows_tie_with_the_positive_in_both_directions(chunk_size: int | None) -> None:
+    # Each image fed once per caption and each caption fed twice, every row its own id: the
+    # copies of a row score exactly like it, in every chunk, so they tie with the positive.
+    g = torch.Generator().manual_seed(8)
+    image = torch.randn(12, 8, generator=g).repeat_interleave(3, dim=0)
+    text = (image[::2] + torch.randn(18, 8, generator=g)).repeat_interleave(2, dim=0)
+    shuffle = torch.randperm(36, generator=g)
+    image, text = image[shuffle], text[shuffle]
+    metric = CrossModalRecall(top_k=(1, 2, 3), chunk_size=chunk_size)
+    metric.update(image, text)
+    assert_matches(metric.compute(), counted_recall(image, text, torch.arange(36), (1, 2, 3)))
+    # the data must hold such ties in both directions, otherwise it proves little
+    sims = F.normalize(image.double(), dim=-1) @ F.normalize(text.double(), dim=-1).T
+    for scores in (sims, sims.T):
+        assert bool((scores == scores.diagonal()[:, None]).sum(dim=1).gt(1).all())
+
+
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_unconfirmed_best_positives_are_recounted(
+    monkeypatch: pytest.MonkeyPatch, with_ids: bool
+) -> None:
+    # Text→image counts against each text's best positive score from small products; where
+    # the one-pass products score that pair differently (another summation order), the text
+    # is recounted. Force it: every small-product score off, up or down.
+    precomputed = recall._text_best_positive
+
+    def off(*args: object) -> Tensor:
+        best = precomputed(*args)  # type: ignore[arg-type]
+        return best + torch.arange(best.numel()).remainder(2).mul(2e-3).sub(1e-3)
+
+    recounted: list[int] = []
+    count_better = recall._count_better
+
+    def spy(queries: Tensor, query_ids: Tensor, *rest: object) -> Tensor:
+        recounted.append(query_ids.numel())
+        return count_better(queries, query_ids, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(recall, "_text_best_positive", off)
+    monkeypatch.setattr(recall, "_count_better", spy)
+    n = sum(SPLITS)
+    image, text = make_pairs(n, dim=8, noise=1.0, seed=9)
+    ids = torch.randint(0, n // 3, (n,), generator=torch.Generator().manual_seed(2))
+    metric = CrossModalRecall(chunk_size=16)
+    metric.update(image, text, ids if with_ids else None)
+    assert_matches(
+        metric.compute(),
+        reference_recall(image, text, ids if with_ids else torch.arange(n), (1, 5, 10)),
+    )
+    assert recounted == [n]
 
 
 def test_float32_and_bfloat16_inputs() -> None:

@@ -4,9 +4,10 @@ The metric follows the CLIP / COCO retrieval protocol: every query is ranked aga
 candidates of the other modality seen so far (on all processes), and a query counts as a hit
 at ``k`` when **any** of its positives is among its ``k`` most similar candidates.
 
-The computation never materialises the ``N × N`` similarity matrix: query rows are processed
-in chunks of ``chunk_size`` rows, so the extra memory is ``O(chunk_size · N)`` on top of the
-``O(N · D)`` stored embeddings, and the result is exact for every ``N``.
+The computation never materialises the ``N × N`` similarity matrix: image rows are processed
+in chunks of ``chunk_size`` rows, each chunk's scores against every text serving both
+directions, so the extra memory is ``O(chunk_size · N)`` on top of the ``O(N · D)`` stored
+embeddings, and the result is exact for every ``N``.
 """
 
 from __future__ import annotations
@@ -116,12 +117,35 @@ def _auto_chunk_size(n: int) -> int:
     return max(_MIN_AUTO_CHUNK, _AUTO_CHUNK_ELEMENTS // max(n, 1))
 
 
-def _first_per_id(rows: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
-    """The first row of each distinct id, and the ids, in id order."""
+def _distinct_first(ids: Tensor) -> tuple[Tensor, int]:
+    """A row order with the first row of each distinct id first (in id order), then the rest.
+
+    Returns:
+        The order (a permutation of ``0..N-1``) and the number ``U`` of distinct ids.
+    """
     unique, inverse = torch.unique(ids, return_inverse=True)
     positions = torch.arange(ids.numel(), device=ids.device)
     first = torch.full_like(unique, ids.numel()).scatter_reduce(0, inverse, positions, "amin")
-    return rows[first], unique
+    is_first = torch.zeros_like(ids, dtype=torch.bool).index_fill_(0, first, True)
+    return torch.cat([first, positions[~is_first]]), unique.numel()
+
+
+def _concat_rows(parts: list[Tensor], dtype: torch.dtype, order: Tensor | None) -> Tensor:
+    """The pieces' concatenation in ``dtype``, its rows in ``order`` when given.
+
+    The rows are copied piece by piece into one new tensor, so no second full copy is made.
+    """
+    if order is None:
+        return dim_zero_cat(parts).to(dtype)
+    position = torch.empty_like(order).index_copy_(
+        0, order, torch.arange(order.numel(), device=order.device)
+    )
+    out = parts[0].new_empty(order.numel(), parts[0].shape[1], dtype=dtype)
+    start = 0
+    for part in parts:
+        out.index_copy_(0, position[start : start + part.shape[0]], part.to(dtype))
+        start += part.shape[0]
+    return out
 
 
 class CrossModalRecall(Metric):
@@ -163,12 +187,14 @@ class CrossModalRecall(Metric):
 
     Args:
         top_k: The ``k`` values to report, positive integers (a single int is accepted).
-        chunk_size: Query rows per similarity chunk. ``None`` picks it so that a chunk holds
+        chunk_size: Image rows per similarity chunk. ``None`` picks it so that a chunk holds
             about 16M similarities (``chunk_size = max(32, 2**24 // N)``). The memory of
             :meth:`compute` is ``O(chunk_size · N + N · D)``: on top of the stored
-            embeddings, one modality's concatenated copy (the candidates; the queries are read
-            from the stored batches), ``4 · chunk_size · N`` bytes for a chunk's float32
-            scores (compared in place), and under 48 bytes a row of ids.
+            embeddings, the texts' concatenated copy (image rows are read from the stored
+            batches), ``8 · chunk_size · N`` bytes for a chunk's float32 scores and their
+            comparison with each text's best positive, and under 128 bytes a row of ids and
+            counts. Texts whose scores must be recounted (see :meth:`compute`; normally
+            none) add their rows again.
         distinct_texts: Rank one text per pair id for image→text (see above).
         **kwargs: Forwarded to :class:`torchmetrics.Metric`.
 
@@ -278,6 +304,12 @@ class CrossModalRecall(Metric):
     def compute(self) -> dict[str, Tensor]:
         """Compute Recall@K in both directions over everything seen (on all processes).
 
+        One matrix product of each chunk of images with every text serves both directions.
+        Text→image needs each text's best positive score before the first chunk; it is
+        computed first from small products and confirmed by the chunks' own scores. A text
+        whose two scores differ (the matrix library summed the pair in another order) is
+        recounted against every image on its own, so the result stays exact.
+
         Returns:
             Dict with float32 scalars ``"i2t/R@{k}"`` and ``"t2i/R@{k}"`` for each ``k`` and
             ``"mean"``, the average of all of them.
@@ -292,31 +324,36 @@ class CrossModalRecall(Metric):
                 "`image_emb` / `text_emb` first."
             )
         ids = self._resolve_ids(ids_raw.long(), dim_zero_cat(self.has_pair_id).bool())
+        del ids_raw
         n = ids.numel()
         chunk = self.chunk_size if self.chunk_size is not None else _auto_chunk_size(n)
         image_parts, text_parts = _parts(self.image_emb), _parts(self.text_emb)
         math_dtype = _math_dtype(torch.promote_types(image_parts[0].dtype, text_parts[0].dtype))
 
+        # The texts are the one modality concatenated; image rows are read from the stored
+        # pieces a chunk at a time. With distinct texts, each id's first text comes first, and
+        # image→text ranks those columns only.
+        order, i2t_columns = _distinct_first(ids) if self.distinct_texts else (None, n)
+        texts = _concat_rows(text_parts, math_dtype, order)
+        text_ids = ids if order is None else ids[order]
+        i2t_better, t2i_better, unconfirmed = _count_better_both(
+            image_parts, ids, texts, text_ids, i2t_columns, chunk
+        )
+        if bool(unconfirmed.any()):  # recounted as queries, each against every image
+            recount = unconfirmed.nonzero().squeeze(1)
+            queries, query_ids = texts[recount], text_ids[recount]
+            del texts
+            images = dim_zero_cat(self.image_emb).to(math_dtype)
+            t2i_better[recount] = _count_better(queries, query_ids, images, ids, chunk).double()
+
         result: dict[str, Tensor] = {}
-        values = []
-        # One modality is concatenated at a time, as the candidates (a synced state already
-        # is one tensor); the queries are read from the stored pieces a chunk at a time: the
-        # peak holds at most one copy of one modality.
-        for name, query_parts, candidate_state in (
-            ("i2t", image_parts, self.text_emb),
-            ("t2i", text_parts, self.image_emb),
-        ):
-            candidates, candidate_ids = dim_zero_cat(candidate_state).to(math_dtype), ids
-            if name == "i2t" and self.distinct_texts:
-                candidates, candidate_ids = _first_per_id(candidates, ids)
-            queries = _row_blocks(query_parts, chunk, math_dtype)
-            hits = _count_hits(queries, ids, candidates, candidate_ids, self.top_k, chunk)
-            del candidates
-            for k, h in zip(self.top_k, hits.tolist(), strict=True):
-                value = torch.tensor(h / n, dtype=torch.float32, device=ids.device)
-                result[f"{name}/R@{k}"] = value
-                values.append(value)
-        result["mean"] = torch.stack(values).mean()
+        for name, better in (("i2t", i2t_better), ("t2i", t2i_better)):
+            for k in self.top_k:
+                hits = int((better < k).sum())
+                result[f"{name}/R@{k}"] = torch.tensor(
+                    hits / n, dtype=torch.float32, device=ids.device
+                )
+        result["mean"] = torch.stack(list(result.values())).mean()
         return result
 
     @staticmethod
@@ -342,6 +379,24 @@ class _Groups:
         )
         self.starts = torch.cumsum(self.counts, 0) - self.counts
 
+    def positives(self, query_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """The candidates that are positives of each query.
+
+        Args:
+            query_ids: ``(c,)`` ids of the queries.
+
+        Returns:
+            ``(c, w)`` candidate indices, ``w`` the most positives any of the queries has, and
+            the ``(c, w)`` mask of the real ones (a query with fewer positives is padded).
+        """
+        group = torch.searchsorted(self.ids, query_ids).clamp(max=self.ids.numel() - 1)
+        found = self.ids[group] == query_ids
+        counts = torch.where(found, self.counts[group], 0)
+        width = max(int(counts.max()), 1)
+        offsets = torch.arange(width, device=query_ids.device)
+        slots = (self.starts[group, None] + offsets).clamp(max=self.order.numel() - 1)
+        return self.order[slots], offsets < counts[:, None]
+
     def best_positive(self, sims: Tensor, query_ids: Tensor) -> Tensor:
         """The highest score of each query's positives (``-inf`` for a query with none).
 
@@ -352,32 +407,24 @@ class _Groups:
         Returns:
             ``(c,)`` best positive scores.
         """
-        group = torch.searchsorted(self.ids, query_ids).clamp(max=self.ids.numel() - 1)
-        found = self.ids[group] == query_ids
-        counts = torch.where(found, self.counts[group], 0)
-        width = max(int(counts.max()), 1)
-        offsets = torch.arange(width, device=sims.device)
-        slots = (self.starts[group, None] + offsets).clamp(max=self.order.numel() - 1)
-        scores = sims.gather(1, self.order[slots])
-        return scores.masked_fill(offsets >= counts[:, None], float("-inf")).amax(dim=1)
+        columns, is_positive = self.positives(query_ids)
+        return sims.gather(1, columns).masked_fill(~is_positive, float("-inf")).amax(dim=1)
 
 
-def _count_hits(
+def _count_better(
     query_blocks: Iterable[Tensor],
     query_ids: Tensor,
     candidates: Tensor,
     candidate_ids: Tensor,
-    top_k: tuple[int, ...],
     chunk: int,
 ) -> Tensor:
-    """Count queries whose best positive has fewer than ``k`` strictly better candidates.
+    """For each query, how many candidates score strictly higher than its best positive.
 
     Per block: one matrix product into a reused buffer, a gather of the positives' scores,
     then the buffer is overwritten in place with "scores higher than the best positive" as
-    0/1 and summed per row. That is cheaper than a ``topk`` over the same rows (N=50k on one
-    thread: 33.1 vs 43.3 s against a chunked ``mm`` + ``topk``, ``benchmarks/RESULTS.md``)
-    and gives the same hits: the ``k``-th best score is at most the best positive's exactly
-    when fewer than ``k`` scores are above it. The float32 row sums are exact integers while
+    0/1 and summed per row. A query is a hit at ``k`` when its count is below ``k``: the
+    ``k``-th best score is at most the best positive's exactly when fewer than ``k`` scores
+    are above it, so no ``topk`` is needed. The float32 row sums are exact integers while
     below 2**24, and a larger count is above any ``k`` in use.
 
     Args:
@@ -386,26 +433,111 @@ def _count_hits(
         query_ids: Pair id of each query ``(Nq,)``, in the blocks' order.
         candidates: Normalised candidate embeddings ``(Nc, D)``.
         candidate_ids: Pair id of each candidate ``(Nc,)``; equal ids are positives.
-        top_k: The ``k`` values.
         chunk: Most query rows per block.
 
     Returns:
-        int64 tensor of shape ``(len(top_k),)`` with the number of hits at each ``k``.
+        ``(Nq,)`` counts, in the candidates' dtype.
     """
     if isinstance(query_blocks, Tensor):
         query_blocks = query_blocks.split(chunk)
-    device = candidates.device
-    ks = torch.tensor(top_k, device=device)
-    hits = torch.zeros(len(top_k), dtype=torch.int64, device=device)
     groups = _Groups(candidate_ids)
-    cand_t = candidates.T
+    better = candidates.new_empty(query_ids.numel())
     sims_buffer = candidates.new_empty(min(chunk, query_ids.numel()), candidates.shape[0])
     start = 0
     for block in query_blocks:
         end = start + block.shape[0]
-        sims = torch.mm(block, cand_t, out=sims_buffer[: block.shape[0]])
+        sims = torch.mm(block, candidates.T, out=sims_buffer[: block.shape[0]])
         best = groups.best_positive(sims, query_ids[start:end])
-        better = torch.gt(sims, best[:, None], out=sims).sum(dim=1)
-        hits += (better[:, None] < ks).sum(dim=0)
+        better[start:end] = torch.gt(sims, best[:, None], out=sims).sum(dim=1)
         start = end
-    return hits
+    return better
+
+
+def _text_best_positive(
+    image_blocks: Iterable[Tensor], image_ids: Tensor, texts: Tensor, groups: _Groups
+) -> Tensor:
+    """The score of each text's best positive image, from small products.
+
+    Each block of images is multiplied with its positive texts only: a few columns per row,
+    rather than all ``N``.
+
+    Args:
+        image_blocks: Normalised image embeddings, in consecutive blocks.
+        image_ids: Pair id of each image, in the blocks' order.
+        texts: Normalised text embeddings ``(Nt, D)``.
+        groups: The texts grouped by id.
+
+    Returns:
+        ``(Nt,)`` best positive scores (``-inf`` for a text without a positive image).
+    """
+    best = texts.new_full((texts.shape[0],), float("-inf"))
+    start = 0
+    for block in image_blocks:
+        end = start + block.shape[0]
+        columns, is_positive = groups.positives(image_ids[start:end])
+        needed, slot = torch.unique(columns[is_positive], return_inverse=True)
+        scores = torch.mm(block, texts[needed].T)
+        rows = torch.arange(block.shape[0], device=texts.device)[:, None].expand_as(columns)
+        best.scatter_reduce_(0, columns[is_positive], scores[rows[is_positive], slot], "amax")
+        start = end
+    return best
+
+
+def _count_better_both(
+    image_parts: list[Tensor],
+    image_ids: Tensor,
+    texts: Tensor,
+    text_ids: Tensor,
+    i2t_columns: int,
+    chunk: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_count_better` for both directions, from one matrix product per chunk of images.
+
+    Each chunk of image rows is multiplied with every text once. Image→text counts per row
+    as :func:`_count_better` does. Text→image counts per column, against each text's best
+    positive score, which must be known before the first chunk: :func:`_text_best_positive`
+    computes it first, from products over a few columns, and every chunk confirms it with its
+    own scores of the same pairs. A text whose two values differ (the matrix library summed a
+    pair in another order in the two products) is returned as unconfirmed: its count is not
+    exact and must be recounted. Matching the scores exactly, rather than within a tolerance,
+    keeps ties (equal embeddings) ties in both directions.
+
+    Args:
+        image_parts: Normalised image embeddings ``(Ni, D)`` in pieces, read ``chunk`` rows
+            at a time.
+        image_ids: Pair id of each image ``(Ni,)``.
+        texts: Normalised text embeddings ``(Nt, D)``.
+        text_ids: Pair id of each text ``(Nt,)``.
+        i2t_columns: Image→text ranks the first ``i2t_columns`` texts only.
+        chunk: Image rows per chunk.
+
+    Returns:
+        Image→text counts ``(Ni,)``, text→image counts ``(Nt,)`` and the ``(Nt,)`` mask of
+        unconfirmed texts.
+    """
+    dtype = texts.dtype
+    text_groups = _Groups(text_ids)
+    i2t_groups = text_groups if i2t_columns == texts.shape[0] else _Groups(text_ids[:i2t_columns])
+    text_best = _text_best_positive(
+        _row_blocks(image_parts, chunk, dtype), image_ids, texts, text_groups
+    )
+    confirmed = torch.full_like(text_best, float("-inf"))
+    i2t_better = texts.new_empty(image_ids.numel())
+    t2i_better = torch.zeros(texts.shape[0], dtype=torch.float64, device=texts.device)
+    sims_buffer = texts.new_empty(min(chunk, image_ids.numel()), texts.shape[0])
+    above_buffer = torch.empty_like(sims_buffer)
+    start = 0
+    for block in _row_blocks(image_parts, chunk, dtype):
+        end = start + block.shape[0]
+        block_ids = image_ids[start:end]
+        sims = torch.mm(block, texts.T, out=sims_buffer[: block.shape[0]])
+        columns, is_positive = text_groups.positives(block_ids)
+        positive_scores = sims.gather(1, columns)[is_positive]
+        confirmed.scatter_reduce_(0, columns[is_positive], positive_scores, "amax")
+        above = torch.gt(sims, text_best, out=above_buffer[: block.shape[0]])
+        t2i_better += above.sum(dim=0)
+        i2t_sims = sims[:, :i2t_columns]
+        best = i2t_groups.best_positive(i2t_sims, block_ids)
+        i2t_better[start:end] = torch.gt(i2t_sims, best[:, None], out=i2t_sims).sum(dim=1)
+        start = end
+    return i2t_better, t2i_better, confirmed != text_best
