@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import TINY_VIT
 from torch import nn
 
@@ -46,6 +47,20 @@ def test_under_bf16_autocast_matches_the_convolution() -> None:
         expected, actual = convolution(images), patched(images)
     assert actual.dtype == expected.dtype == torch.bfloat16
     torch.testing.assert_close(actual.float(), expected.float(), atol=0.03, rtol=0.02)
+
+
+def test_under_autocast_gives_the_autocast_product_and_float32_gradients() -> None:
+    # The patches are cast before the gather (half the bytes to move): the product is still
+    # the one autocast gives the float32 patches, and the gradient reaches float32 images.
+    layer = _pair((8, 8))[1][0]
+    images = torch.randn(2, 3, 32, 32, requires_grad=True)
+    patches = images.reshape(2, 3, 4, 8, 4, 8).permute(0, 2, 4, 1, 3, 5).reshape(32, -1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = F.linear(patches, layer.weight.reshape(16, -1), layer.bias)
+        actual = layer(images)
+    assert torch.equal(actual.permute(0, 2, 3, 1).reshape(32, -1), expected)
+    actual.float().sum().backward()
+    assert images.grad is not None and images.grad.dtype == torch.float32
 
 
 def test_unbatched_input_goes_to_the_convolution() -> None:
