@@ -191,23 +191,30 @@ class _Attention(torch.nn.Module):
         ),
     ],
 )
+@pytest.mark.parametrize("length", [5, 20])  # fewer keys than 16 are padded for the softmax
 def test_bf16_eager_attention_computes_sdpa_attention(
-    is_causal: bool, groups: int, mask_kind: str | None, bias: bool
+    is_causal: bool, groups: int, mask_kind: str | None, bias: bool, length: int
 ) -> None:
-    # In float32 the eager recipe is exactly SDPA's attention, masks and all (rounding aside).
+    # In float32 the eager recipe is exactly SDPA's attention, masks, gradients and all
+    # (rounding aside).
     torch.manual_seed(0)
     module = _Attention(is_causal, groups)
-    query = torch.randn(2, 4, 5, 8)
-    key, value = torch.randn(2, 4 // groups, 5, 8), torch.randn(2, 4 // groups, 5, 8)
-    keep = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
-    order = torch.ones(5, 5, dtype=torch.bool).tril() | (not is_causal)
+    inputs = [torch.randn(2, 4 // size, length, 8) for size in (1, groups, groups)]
+    keep = torch.ones(2, length, dtype=torch.bool)
+    keep[0, -2:] = False
+    order = torch.ones(length, length, dtype=torch.bool).tril() | (not is_causal)
     mask = None if mask_kind is None else keep[:, None, None, :] & order
     if mask_kind == "float":
         mask = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
-    kwargs = {"position_bias": torch.randn(1, 4, 5, 5)} if bias else {}
-    ours, _ = _bf16_eager_attention(module, query, key, value, mask, scaling=0.3, **kwargs)
-    reference, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3, **kwargs)
-    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    kwargs = {"position_bias": torch.randn(1, 4, length, length)} if bias else {}
+    results = []
+    for attention in (_bf16_eager_attention, sdpa_attention_forward):
+        query, key, value = (x.clone().requires_grad_() for x in inputs)
+        output, _ = attention(module, query, key, value, mask, scaling=0.3, **kwargs)
+        output.backward(torch.ones_like(output))
+        results.append((output, query.grad, key.grad, value.grad))
+    for ours, reference in zip(*results, strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
 
 
 def test_bf16_eager_attention_refuses_a_softcap() -> None:

@@ -20,6 +20,9 @@ from transformers.modeling_utils import AttentionInterface
 
 # ``dtype`` replaced ``torch_dtype`` in transformers 4.56.
 _DTYPE_KWARG = "dtype" if compare_version("transformers", operator.ge, "4.56") else "torch_dtype"
+#: PyTorch's CPU softmax is vectorised over the last dimension from one AVX-512 vector of
+#: float32 (16) on: over fewer keys it costs about 17 instead of 1-2 ns an element.
+_SOFTMAX_MIN_KEYS = 16
 
 ModelSource = str | dict[str, Any]
 """A hub name or local folder (pretrained weights) or a config dict (random init).
@@ -202,7 +205,8 @@ def _bf16_eager_attention(
     ``transformers``' eager recipe, with the masks of its SDPA attention: a boolean mask keeps
     the ``True`` positions, a float mask is added, and no mask on a causal module means a causal
     mask. On the CPU its backward is faster than the flash kernel's, in bfloat16 or in float32,
-    for the short sequences of image patches and captions.
+    for the short sequences of image patches and captions. Fewer than 16 keys are padded with
+    ``-inf`` scores (zero weights) for the softmax, which is several times faster over 16.
 
     Raises:
         ValueError: If the model asks for a logit soft-cap (as ``transformers``' SDPA attention).
@@ -228,7 +232,10 @@ def _bf16_eager_attention(
         scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
     elif attention_mask is not None:
         scores = scores + attention_mask
-    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    keys = scores.shape[-1]
+    if keys < _SOFTMAX_MIN_KEYS:  # e.g. captions of 12 tokens: 4.6x faster with the padding
+        scores = F.pad(scores, (0, _SOFTMAX_MIN_KEYS - keys), value=float("-inf"))
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32)[..., :keys].to(query.dtype)
     weights = F.dropout(weights, p=dropout, training=dropout > 0)
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), None
 
