@@ -75,6 +75,18 @@ def test_trainable_vision_encoder_builds_graph() -> None:
     assert encoder(images()).tokens.requires_grad
 
 
+def test_normalize_uint8_and_float_images_without_changing_them() -> None:
+    encoder = VisionEncoder(TINY_VIT, image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.5])
+    pixels = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    mean, std = torch.tensor([0.5, 0.4, 0.3])[:, None, None], torch.tensor([0.2, 0.25, 0.5])
+    expected = (pixels / 255 - mean) / std[:, None, None]
+    torch.testing.assert_close(encoder.normalize(pixels), expected)
+    floats = pixels / 255
+    before = floats.clone()
+    torch.testing.assert_close(encoder.normalize(floats), expected)
+    assert torch.equal(floats, before)  # normalised in place on a copy, never on the input
+
+
 def test_vision_encoder_rejects_wrong_size() -> None:
     with pytest.raises(ValueError, match=r"\(B, 3, 32, 32\)"):
         VisionEncoder(TINY_VIT)(images(size=64))

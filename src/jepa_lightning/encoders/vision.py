@@ -283,12 +283,14 @@ class VisionEncoder(ModalityEncoder):
             Float pixels of the same shape, normalised with the encoder's mean/std.
         """
         dtype = self.image_mean.dtype  # float32, or float64 after .double()
-        # One pass, (pixels * range - mean) / std as pixels * scale + shift: on the CPU the
-        # three broadcast passes of the plain form cost a few ms of a default training step.
+        # (pixels * range - mean) / std as pixels * scale + shift, in place on the converted
+        # copy: on the CPU every new image-sized buffer of a step is paged in afresh, and the
+        # three passes of the plain form, or one more buffer, cost a few ms of a default step.
         scale = 1 / self.image_std
         if images.dtype == torch.uint8:
             scale = scale / 255
-        return torch.addcmul(-self.image_mean / self.image_std, images.to(dtype), scale)
+        pixels = images.to(dtype, copy=True)
+        return pixels.mul_(scale).add_(-self.image_mean / self.image_std)
 
     def encode(self, inputs: Tensor) -> EncoderOutput:
         """Encodes a batch of images or clips.
