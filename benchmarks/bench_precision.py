@@ -14,9 +14,10 @@ in no side; see ``steps.py``):
 * ``fp32 after``: ``32-true``, the config as shipped (fused AdamW, no dropout, the vocabulary
   trimmed to the shapes generator's words and every character: 2040 rows);
 * ``bf16 after``: ``bf16-mixed``, the config as shipped, with the package's attention
-  (``encoders.hf.CPU_BF16_TRAINING_SDPA``: where a bfloat16 backward follows on the CPU,
-  attention as two bfloat16 matrix products around a float32 softmax instead of the flash
-  kernel); what ``precision: auto`` runs on a CPU with native bf16.
+  (``encoders.hf.CPU_BF16_TRAINING_SDPA``: in bfloat16 on the CPU where a backward follows
+  or over at most 64 keys, attention as two bfloat16 matrix products around a float32
+  softmax instead of the flash kernel); what ``precision: auto`` runs on a CPU with native
+  bf16.
 
 Repeats alternate their order (A B C D, D C B A, ...); medians and spreads are reported, and
 each ratio against ``fp32 before`` is the median of the per-repeat ratios
@@ -214,7 +215,7 @@ def main() -> None:
             name,
             str(batch),
             "fused" if after else "for-loop",
-            "bf16 eager where bf16 backward" if after else "PyTorch's",
+            "bf16 eager: backward, <= 64 keys" if after else "PyTorch's",
             "matmul, 1 pass" if after else "conv, 3 passes",
             "0" if after else "0.1",
             str(vocabulary[after]),

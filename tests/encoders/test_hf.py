@@ -154,10 +154,18 @@ def test_cpu_bf16_training_attention_keeps_sdpa_results_and_masks() -> None:
     again = run(CPU_BF16_TRAINING_SDPA, changed, autocast=True)
     torch.testing.assert_close(again[0, :3], output[0, :3], rtol=0, atol=0)
     output.float().sum().backward()
-    # Without a backward: exactly transformers' own (bf16) attention.
+    # Without a backward, over at most 64 keys: the eager recipe too (its forward is faster).
     with torch.no_grad():
-        plain = run("sdpa", embeds, autocast=True)
-        ours = run(CPU_BF16_TRAINING_SDPA, embeds, autocast=True)
+        forward_only = run(CPU_BF16_TRAINING_SDPA, embeds, autocast=True)
+    torch.testing.assert_close(forward_only, output.detach(), rtol=0, atol=0)
+    # Without a backward, over more keys: exactly transformers' own (bf16) attention.
+    longer, mask = (
+        torch.randn(2, 70, TINY_LLAMA["hidden_size"]),
+        torch.ones(2, 70, dtype=torch.long),
+    )
+    with torch.no_grad():
+        plain = run("sdpa", longer, autocast=True)
+        ours = run(CPU_BF16_TRAINING_SDPA, longer, autocast=True)
     torch.testing.assert_close(ours, plain, rtol=0, atol=0)
 
 
