@@ -142,7 +142,7 @@ def with_optimizer(model: VLJEPA, init_args: dict[str, Any], fused: bool) -> VLJ
 
 
 def main() -> None:
-    parser = common.parser(__doc__.split("\n", 1)[0], repeats=5)
+    parser = common.parser(__doc__.split("\n", 1)[0], repeats=15)
     parser.add_argument("--steps", type=int, default=12, help="steps per repeat")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per repeat")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the config's")
