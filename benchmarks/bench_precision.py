@@ -33,7 +33,7 @@ with the default batch its per-sample work, each with its own ratio.
 
 Usage::
 
-    python benchmarks/bench_precision.py [--steps 12] [--repeats 5] [--small-batch 8] [--threads 1]
+    python benchmarks/bench_precision.py [--steps 12] [--repeats 15] [--small-batch 8] [--threads 1]
         [--smoke]
 """
 
