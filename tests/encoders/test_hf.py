@@ -135,10 +135,10 @@ def test_cpu_bf16_training_attention_keeps_sdpa_results_and_masks() -> None:
     embeds = torch.randn(2, 5, TINY_LLAMA["hidden_size"])
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
 
-    def run(implementation: str, inputs: Tensor, autocast: bool) -> Tensor:
+    def run(implementation: str, inputs: Tensor, autocast: bool, padding: Tensor = mask) -> Tensor:
         model.config._attn_implementation = implementation
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            return model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
+            return model(inputs_embeds=inputs, attention_mask=padding).last_hidden_state
 
     # Without bf16, exactly transformers' SDPA attention, padding mask included.
     reference = run("sdpa", embeds, autocast=False)
@@ -159,13 +159,11 @@ def test_cpu_bf16_training_attention_keeps_sdpa_results_and_masks() -> None:
         forward_only = run(CPU_BF16_TRAINING_SDPA, embeds, autocast=True)
     torch.testing.assert_close(forward_only, output.detach(), rtol=0, atol=0)
     # Without a backward, over more keys: exactly transformers' own (bf16) attention.
-    longer, mask = (
-        torch.randn(2, 70, TINY_LLAMA["hidden_size"]),
-        torch.ones(2, 70, dtype=torch.long),
-    )
+    longer = torch.randn(2, 70, TINY_LLAMA["hidden_size"])
+    all_real = torch.ones(2, 70, dtype=torch.long)
     with torch.no_grad():
-        plain = run("sdpa", longer, autocast=True)
-        ours = run(CPU_BF16_TRAINING_SDPA, longer, autocast=True)
+        plain = run("sdpa", longer, autocast=True, padding=all_real)
+        ours = run(CPU_BF16_TRAINING_SDPA, longer, autocast=True, padding=all_real)
     torch.testing.assert_close(ours, plain, rtol=0, atol=0)
 
 

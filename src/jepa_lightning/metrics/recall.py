@@ -343,7 +343,7 @@ class CrossModalRecall(Metric):
             recount = unconfirmed.nonzero().squeeze(1)
             queries, query_ids = texts[recount], text_ids[recount]
             del texts
-            images = dim_zero_cat(self.image_emb).to(math_dtype)
+            images = _concat_rows(image_parts, math_dtype, None)
             t2i_better[recount] = _count_better(queries, query_ids, images, ids, chunk).double()
 
         result: dict[str, Tensor] = {}
