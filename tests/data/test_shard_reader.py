@@ -211,18 +211,21 @@ def test_malformed_pax_header_reads_as_webdataset_does(tmp_path: Path) -> None:
     assert [sample["__key__"] for sample in ours] == ["s00000", "s00001"]
 
 
-def test_corrupt_or_cut_header_ends_the_shard_as_in_webdataset(tmp_path: Path) -> None:
+def test_corrupt_or_cut_header_is_a_read_error(tmp_path: Path) -> None:
+    # WebDataset's reader (TarFile) takes either for the end of the shard, without an error.
     path = write_tar(tmp_path / "shard.tar", MEMBERS, tarfile.USTAR_FORMAT)
     with tarfile.open(path) as archive:
         offset = archive.getmember("folder/s1.jpg").offset
     data = bytearray(Path(path).read_bytes())
     data[offset + 3] ^= 1  # the name, under a checksum that no longer matches
-    Path(path).write_bytes(bytes(data))
-    ours, errors = our_read(path)
-    assert contents(ours) == contents(webdataset_read(path)[0])
-    assert [sample["__key__"] for sample in ours] == ["s0", "empty"]
-    Path(path).write_bytes(bytes(data[: offset + 100]))
-    assert contents(our_read(path)[0]) == contents(webdataset_read(path)[0])
+    for damaged in (bytes(data), bytes(data[: offset + 100])):
+        Path(path).write_bytes(damaged)
+        ours, errors = our_read(path)
+        theirs, their_errors = webdataset_read(path)
+        assert contents(ours) == contents(theirs)
+        assert [sample["__key__"] for sample in ours] == ["s0", "empty"]
+        assert not their_errors
+        assert [str(error) for error in errors] == [f"unreadable tar header at byte {offset}"]
 
 
 def test_plain_headers_are_read_without_tarfile(

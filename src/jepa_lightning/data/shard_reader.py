@@ -45,7 +45,8 @@ def shard_samples(url: str, handler: ErrorHandler) -> Iterator[dict[str, Any]]:
     A read error (unreadable or corrupt file, truncated member) is passed to ``handler`` once
     and ends the shard, as in WebDataset; the samples read before it are kept. (WebDataset's
     reader reports a streamed shard's read error a second time, re-wrapped: that one is
-    dropped.)
+    dropped.) In an uncompressed local file, an unreadable header before the end is a read
+    error too, where WebDataset's reader ends the shard there without one.
 
     Args:
         url: Local path, URL or ``pipe:`` command of a (possibly compressed) tar file.
@@ -94,6 +95,10 @@ def _regular_members(archive: tarfile.TarFile, file: BinaryIO) -> Iterator[tuple
     pax headers that set a name or size, GNU long names, the end of the archive, a bad
     checksum) goes to ``TarFile``, from the same offset, so that it decides what the archive
     holds and which errors it raises.
+
+    Raises:
+        tarfile.ReadError: If the archive is damaged: a member cut short, or an unreadable
+            header before the end of an uncompressed archive (``TarFile`` would end there).
     """
     direct = archive.fileobj is file  # uncompressed: headers lie at known offsets of `file`
     while (member := archive.next()) is not None:
@@ -112,6 +117,23 @@ def _regular_members(archive: tarfile.TarFile, file: BinaryIO) -> Iterator[tuple
                 raise tarfile.ReadError("unexpected end of data")  # TarFile's error for it
             archive.offset = file.tell() + -size % tarfile.BLOCKSIZE
             yield name, data
+    if archive.fileobj is file:
+        _check_end(file, archive.offset)
+
+
+def _check_end(file: BinaryIO, offset: int) -> None:
+    """Checks that an archive whose end ``TarFile`` found at ``offset`` ends there.
+
+    ``TarFile`` takes a header it cannot read (a bad checksum, cut short) for the end of the
+    archive: the members after it would be lost without a word. The end holds zeros only.
+
+    Raises:
+        tarfile.ReadError: If anything but zeros follows ``offset``.
+    """
+    file.seek(offset)
+    while chunk := file.read(1 << 16):
+        if chunk.count(0) != len(chunk):
+            raise tarfile.ReadError(f"unreadable tar header at byte {offset}")
 
 
 #: Pax header records that leave a member's name, size and type as its ustar header has them.
