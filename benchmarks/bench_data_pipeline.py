@@ -134,9 +134,9 @@ class BareStream(IterableDataset):
         return bare_batches(self.urls)
 
 
-def bare_loop(urls: list[str], workers: int, members: Reader = tarfile_members) -> int:
+def bare_loop(urls: list[str], workers: int) -> int:
     if workers == 0:
-        return sum(len(batch) for batch in bare_batches(urls, members))
+        return sum(len(batch) for batch in bare_batches(urls))
     # The data module's start method: a worker started by forkserver runs the main script's
     # imports again (see jepa_lightning.data.datamodule), a cost that is not the pipeline's.
     loader = DataLoader(
@@ -168,7 +168,7 @@ def side_timings(folder: str, repeats: int) -> tuple[int, dict[str, list[common.
     sides = {
         "bare, in-process": lambda: bare_loop(urls, 0),
         "bare, 1 worker": lambda: bare_loop(urls, 1),
-        PACKAGE_READER: lambda: bare_loop(urls, 0, package_members),
+        PACKAGE_READER: lambda: sum(len(batch) for batch in bare_batches(urls, package_members)),
         "WebDataModule, num_workers=0": lambda: datamodule_loop(folder, 0),
         "WebDataModule, num_workers=1": lambda: datamodule_loop(folder, 1),
     }
