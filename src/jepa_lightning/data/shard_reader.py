@@ -100,7 +100,7 @@ def _regular_members(archive: tarfile.TarFile, file: BinaryIO) -> Iterator[tuple
         tarfile.ReadError: If the archive is damaged: a member cut short, or an unreadable
             header before the end of an uncompressed archive (``TarFile`` would end there).
     """
-    direct = archive.fileobj is file  # uncompressed: headers lie at known offsets of `file`
+    uncompressed = archive.fileobj is file  # headers lie at known offsets of `file`
     while (member := archive.next()) is not None:
         # TarFile keeps every header it reads (as WebDataset's reader, drop them).
         archive.members.clear()  # type: ignore[attr-defined]  # not in typeshed
@@ -109,15 +109,18 @@ def _regular_members(archive: tarfile.TarFile, file: BinaryIO) -> Iterator[tuple
             if content is not None:  # None only for members that are not regular files
                 yield member.name, content.read()
         # A global pax header changes the members after it: TarFile reads those.
-        direct = direct and not archive.pax_headers
-        while direct and (plain := _plain_member(file, archive.offset)) is not None:
+        while (
+            uncompressed
+            and not archive.pax_headers
+            and (plain := _plain_member(file, archive.offset)) is not None
+        ):
             name, size = plain
             data = file.read(size)
             if len(data) != size:
                 raise tarfile.ReadError("unexpected end of data")  # TarFile's error for it
             archive.offset = file.tell() + -size % tarfile.BLOCKSIZE
             yield name, data
-    if archive.fileobj is file:
+    if uncompressed:
         _check_end(file, archive.offset)
 
 
