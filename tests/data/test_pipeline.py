@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+import tarfile
 from collections import Counter
 from pathlib import Path
 
@@ -272,6 +274,30 @@ def test_epoch_mode_replaces_bad_samples(broken: list[Shard], collator: PairColl
         # One pass reads every sample; the refill re-reads the start of the first shard.
         assert sum(b.skipped for b in batches) >= len(BAD)
         assert len(keys) == sum(SIZES) - len(BAD)
+
+
+def test_damaged_tar_header_is_counted_and_logged(
+    tmp_path: Path, collator: PairCollator, caplog: pytest.LogCaptureFixture
+) -> None:
+    # TarFile takes a header with a bad checksum for the end of the shard: without a word,
+    # the samples after it would be gone.
+    (path,) = write_shards(tmp_path, (10,))
+    with tarfile.open(path) as archive:
+        offset = archive.getmember("s00004.jpg").offset
+    data = bytearray(Path(path).read_bytes())
+    data[offset + 3] ^= 1
+    Path(path).write_bytes(bytes(data))
+    stream = ShardStream(resolve_shards(str(tmp_path)), collator, 2, "epoch", 2, shuffle_buffer=1)
+    with caplog.at_level(logging.WARNING, logger=pipeline.__name__):
+        batches = _run(stream)
+    assert _keys(batches) == ["s00000", "s00001", "s00002", "s00003"]
+    assert sum(b.skipped for b in batches) == 1
+    (warning,) = [
+        r.getMessage() for r in caplog.records if "unreadable tar header" in r.getMessage()
+    ]
+    # The reader had grouped 3 samples when the error came; the fourth was complete and is kept.
+    assert f"shard {path!r} unreadable after 3 samples" in warning
+    assert f"unreadable tar header at byte {offset}" in warning
 
 
 def test_eval_batch_of_only_bad_samples_holds_a_filler(

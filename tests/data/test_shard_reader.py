@@ -209,6 +209,8 @@ def test_malformed_pax_header_reads_as_webdataset_does(tmp_path: Path) -> None:
     ours, errors = our_read(path)
     assert contents(ours) == contents(webdataset_read(path)[0])
     assert [sample["__key__"] for sample in ours] == ["s00000", "s00001"]
+    # Where WebDataset's reader ends the shard without a word.
+    assert [str(error) for error in errors] == [f"unreadable tar header at byte {offset}"]
 
 
 def test_corrupt_or_cut_header_is_a_read_error(tmp_path: Path) -> None:
