@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import importlib.metadata
 import json
 import os
@@ -97,6 +98,11 @@ def interleave(
     times: dict[str, list[Timing]] = {name: [] for name in names}
     for r in range(repeats):
         for name in names if r % 2 == 0 else reversed(names):
+            # Garbage of the previous runs is collected here, not inside the next timed run:
+            # a fresh process's first full collection walks the whole heap (a quarter of a
+            # second with lightning and transformers loaded) and lands in whichever run first
+            # allocates enough, not in the code that run times.
+            gc.collect()
             times[name].append(runs[name]())
             if verbose:
                 t = times[name][-1]

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import tarfile
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import TOKENIZER
 from shard_factory import (
     CORRUPT_IMAGE,
@@ -15,6 +19,7 @@ from shard_factory import (
     TRUNCATED,
     write_shards,
 )
+from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
@@ -342,3 +347,35 @@ def test_resumed_loader_continues_the_same_batches(
     assert len(full) == 5
     for done in (1, 2, 3, 5):
         assert keys_per_batch(done) == full[done % 5 :]
+
+
+PARALLELISM_CODES = {None: 0, "false": 1, "true": 2}
+
+
+@dataclass(frozen=True)
+class _ParallelismReporter(TextCodec):
+    """The text codec, with the process's ``TOKENIZERS_PARALLELISM`` as every first token id."""
+
+    def collate(self, items: Sequence[str]) -> dict[str, Tensor]:
+        tokens = super().collate(items)
+        code = PARALLELISM_CODES[os.environ.get("TOKENIZERS_PARALLELISM")]
+        tokens["input_ids"][:, 0] = code
+        return tokens
+
+
+@pytest.mark.parametrize(("setting", "in_workers"), [(None, "false"), ("true", "true")])
+def test_tokenizer_threads_are_off_in_workers_unless_set(
+    shards: list[Shard], monkeypatch: pytest.MonkeyPatch, setting: str | None, in_workers: str
+) -> None:
+    # The workers are the parallelism; a user's own setting is kept.
+    if setting is None:
+        monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    else:
+        monkeypatch.setenv("TOKENIZERS_PARALLELISM", setting)
+    text = _ParallelismReporter(AutoTokenizer.from_pretrained(TOKENIZER), 16)
+    stream = ShardStream(shards, PairCollator(ImageCodec(16), text), 4, "epoch", 2)
+    # spawn: the workers start from this process's environment as the test set it.
+    loader = DataLoader(stream, batch_size=None, num_workers=1, multiprocessing_context="spawn")
+    codes = torch.cat([batch.caption_ids[:, 0] for batch in loader])
+    assert codes.tolist() == [PARALLELISM_CODES[in_workers]] * 8
+    assert os.environ.get("TOKENIZERS_PARALLELISM") == setting  # the main process is as it was

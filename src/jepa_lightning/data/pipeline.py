@@ -346,6 +346,10 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if info is not None:
+            # The workers are the parallelism: a fast tokenizer's own threads in a worker
+            # would take CPU time from the training process on the same cores.
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         # Persistent workers never see set_epoch: count their own passes.
         epoch = self.epoch + self._iterations
         self._iterations += 1
