@@ -86,6 +86,8 @@ def interleave(
 ) -> dict[str, list[Timing]]:
     """Runs every side ``repeats`` times, in alternating order (A B C, C B A, A B C, ...).
 
+    Each run starts after a full garbage collection.
+
     Args:
         runs: Side name → a function that runs that side once and returns its timing.
         repeats: Runs of each side.
