@@ -129,6 +129,24 @@ def test_training_on_corrupt_shards_skips_and_counts(tmp_path: Path, tiny_model_
     assert math.isfinite(trainer.callback_metrics["val/loss"].item())
 
 
+def test_training_stopped_mid_epoch_logs_the_skips_so_far(
+    tmp_path: Path, tiny_model_kwargs
+) -> None:
+    write_shards(tmp_path, (16, 16, 16), image_size=32, bad=BAD)  # each shard's last is bad
+    model = VLJEPA(**tiny_model_kwargs)
+    data = WebDataModule(
+        model.batch_collator(),
+        train_shards=str(tmp_path),
+        batch_size=4,
+        resampled=False,
+        num_workers=0,
+        shuffle_buffer=1,
+    )
+    _trainer(tmp_path, max_steps=5, limit_val_batches=0).fit(model, data)
+    # 20 good samples: a whole shard's 15 and its bad last one, then 5 of the next shard.
+    assert model.trainer.callback_metrics["data/skipped"].item() == 1
+
+
 def test_validation_logs_the_bad_samples_of_the_pass(tmp_path: Path, tiny_model_kwargs) -> None:
     write_shards(tmp_path, (3, 5), image_size=32, bad={0: CORRUPT_IMAGE, 1: NO_CAPTION})
     model = VLJEPA(**tiny_model_kwargs)
