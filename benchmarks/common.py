@@ -86,7 +86,7 @@ def interleave(
 ) -> dict[str, list[Timing]]:
     """Runs every side ``repeats`` times, in alternating order (A B C, C B A, A B C, ...).
 
-    Each run starts after a full garbage collection.
+    The objects alive at the start are frozen out of garbage collection (``gc.freeze``).
 
     Args:
         runs: Side name → a function that runs that side once and returns its timing.
@@ -96,15 +96,17 @@ def interleave(
     Returns:
         Side name → its timings, in run order.
     """
+    # Everything alive now (libraries, models, inputs) leaves the collector's reach: a fresh
+    # process's first full collection walks the whole heap (a quarter of a second with
+    # lightning and transformers loaded) and would land inside whichever timed run first
+    # allocates enough. Once here, not before every run: a collection just before a run of a
+    # few milliseconds would leave that run with cold caches.
+    gc.collect()
+    gc.freeze()
     names = list(runs)
     times: dict[str, list[Timing]] = {name: [] for name in names}
     for r in range(repeats):
         for name in names if r % 2 == 0 else reversed(names):
-            # Garbage of the previous runs is collected here, not inside the next timed run:
-            # a fresh process's first full collection walks the whole heap (a quarter of a
-            # second with lightning and transformers loaded) and lands in whichever run first
-            # allocates enough, not in the code that run times.
-            gc.collect()
             times[name].append(runs[name]())
             if verbose:
                 t = times[name][-1]
