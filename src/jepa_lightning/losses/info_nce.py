@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -111,7 +112,14 @@ class InfoNCELoss(nn.Module):
             )
         rank, world_size = rank_and_world_size()
         dtype = torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)
-        with torch.autocast(device_type=pred.device.type, enabled=False):
+        device = pred.device.type
+        # Entering torch.autocast costs ~0.07 ms, 2% of a batch of 256 on the CPU: only where on.
+        autocast_off = (
+            torch.autocast(device, enabled=False)
+            if torch.is_autocast_enabled(device)
+            else nullcontext()
+        )
+        with autocast_off:
             pred = F.normalize(pred.to(dtype), dim=-1)
             target = F.normalize(target.to(dtype), dim=-1)
             scale = self.scale().to(dtype)
