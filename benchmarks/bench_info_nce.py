@@ -11,8 +11,10 @@ that each times the same computation, forward + backward:
   ``pip install --no-deps open-clip-torch``; only its ``loss.py``, which needs just torch, is
   loaded, by file path). Without it the side is left out and the result says so.
 
-Values and gradients must agree (the script stops otherwise). Repeats alternate their order;
-medians and spreads are reported. The goal is held to the median of the per-repeat ratios
+Values and gradients must agree (the script stops otherwise). A timed run makes as many calls
+as last ``MIN_RUN_S`` (50 ms; 12 at batch 256, one from 1024), the same number on every side,
+and the table reports the time per call. Repeats alternate their order; medians and spreads
+are reported. The goal is held to the median of the per-repeat ratios
 ours / fastest baseline (``common.paired_ratios``, as the other benchmarks do): the runs of a
 repeat are next to each other in time, so the ratio cancels this machine's drift between
 repeats, which moved single timings by 11-39% here and a ratio of medians with them.
@@ -36,6 +38,7 @@ import torch.nn.functional as F
 from jepa_lightning.losses import InfoNCELoss
 
 GOAL = 1.05  # ours at most this times the fastest baseline
+MIN_RUN_S = 0.05  # a timed run makes this many seconds' worth of calls, at least one
 
 
 def load_open_clip_loss() -> ModuleType | None:
@@ -91,22 +94,29 @@ def bench(batch: int, dim: int, repeats: int, clip: ModuleType | None) -> dict:
                 f"{name} disagrees with ours at batch {batch}: {value_diff=} {grad_diff=}"
             )
 
-    def step(loss: Callable[[], torch.Tensor]) -> Callable[[], common.Timing]:
-        def run() -> common.Timing:
-            for p in (pred, target, *scales.values()):
-                p.grad = None
-            return common.timed(lambda: loss().backward())
+    def step(loss: Callable[[], torch.Tensor], calls: int) -> Callable[[], common.Timing]:
+        def calls_of_loss() -> None:
+            for _ in range(calls):
+                for p in (pred, target, *scales.values()):
+                    p.grad = None
+                loss().backward()
 
-        return run
+        return lambda: common.timed(calls_of_loss)
 
     for loss in losses.values():  # warm-up
-        step(loss)()
-    times = common.interleave({n: step(loss) for n, loss in losses.items()}, repeats, False)
+        step(loss, 1)()
+    # Each run makes enough calls to last MIN_RUN_S, the same number on every side: a single
+    # call of a few milliseconds is as short as the machine's jitter.
+    single = step(losses["ours"], 1)().wall_s
+    calls = max(1, round(MIN_RUN_S / single))
+    runs = {n: step(loss, calls) for n, loss in losses.items()}
+    times = common.interleave(runs, repeats, False)
     return {
         "batch_size": batch,
         "dim": dim,
         "loss": values["ours"],
-        "ms": {name: common.timing_stats(ts) for name, ts in times.items()},
+        "calls_per_run": calls,
+        "ms": {name: common.timing_stats(ts, scale=1e3 / calls) for name, ts in times.items()},
         "ours_over": {name: common.paired_ratios(times["ours"], ts) for name, ts in times.items()},
     }
 
