@@ -126,12 +126,11 @@ class InfoNCELoss(nn.Module):
             n_local = pred.shape[0]
             if world_size == 1:
                 # One matrix serves both directions: rows are pred -> targets, columns
-                # target -> preds. Cross entropy written as logsumexp - positive logit: the
-                # column logsumexp reduces the contiguous matrix along dim 0, cheaper on CPU
-                # than cross_entropy on the transposed view (or a second matmul).
+                # target -> preds. (Written as logsumexps minus the diagonal, it was 4% faster
+                # at a batch of 4096 on the CPU but 5% slower at 256: more autograd nodes.)
                 logits = (scale * pred) @ target.T
-                lse = torch.logsumexp(logits, dim=1) + torch.logsumexp(logits, dim=0)
-                return (lse - 2 * logits.diagonal()).mean() / 2
+                labels = torch.arange(n_local, device=pred.device)
+                return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
             sizes = gather_sizes(pred)
             all_pred = gather_with_grad(pred, sizes)
