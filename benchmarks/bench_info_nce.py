@@ -12,12 +12,13 @@ that each times the same computation, forward + backward:
   loaded, by file path). Without it the side is left out and the result says so.
 
 Values and gradients must agree (the script stops otherwise). A timed run makes as many calls
-as last ``MIN_RUN_S`` (0.2 s, as ``timeit``'s autorange; 4 calls at batch 1024, one at 4096), the same number on every side,
-and the table reports the time per call. Repeats alternate their order; medians and spreads
-are reported. The goal is held to the median of the per-repeat ratios
-ours / fastest baseline (``common.paired_ratios``, as the other benchmarks do): the runs of a
-repeat are next to each other in time, so the ratio cancels this machine's drift between
-repeats, which moved single timings by 11-39% here and a ratio of medians with them.
+as last ``MIN_RUN_S`` (0.2 s, as ``timeit``'s autorange; 4 calls at batch 1024, one at 4096),
+the same number on every side, and the table reports the time per call. Repeats alternate
+their order; medians and spreads are reported. The goal is held to the median of the
+per-repeat ratios ours / fastest baseline (``common.paired_ratios``, as the other benchmarks
+do): the runs of a repeat are next to each other in time, so the ratio cancels this machine's
+drift between repeats, which moved single timings by 11-39% here and a ratio of medians with
+them.
 
 Usage::
 
