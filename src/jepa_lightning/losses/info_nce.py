@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jepa_lightning.distributed import gather_sizes, gather_with_grad, rank_and_world_size
+from jepa_lightning.losses.precision import autocast_disabled, loss_dtype
 
 __all__ = ["InfoNCELoss"]
 
@@ -111,15 +111,8 @@ class InfoNCELoss(nn.Module):
                 f"{tuple(pred.shape)} and {tuple(target.shape)}"
             )
         rank, world_size = rank_and_world_size()
-        dtype = torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)
-        device = pred.device.type
-        # Entering torch.autocast costs ~0.07 ms, 2% of a batch of 256 on the CPU: only where on.
-        autocast_off = (
-            torch.autocast(device, enabled=False)
-            if torch.is_autocast_enabled(device)
-            else nullcontext()
-        )
-        with autocast_off:
+        dtype = loss_dtype(pred, target)
+        with autocast_disabled(pred.device.type):
             pred = F.normalize(pred.to(dtype), dim=-1)
             target = F.normalize(target.to(dtype), dim=-1)
             scale = self.scale().to(dtype)

@@ -12,6 +12,7 @@ from jepa_lightning.distributed import (
     gather_with_grad,
     rank_and_world_size,
 )
+from jepa_lightning.losses.precision import autocast_disabled, loss_dtype
 
 __all__ = ["MaskedTokenInfoNCELoss", "sample_negative_columns"]
 
@@ -119,10 +120,8 @@ class MaskedTokenInfoNCELoss(nn.Module):
             raise ValueError(f"valid must have shape {(batch, tokens)}, got {tuple(valid.shape)}")
         device = pred_tokens.device
         rank, world_size = rank_and_world_size()
-        dtype = torch.promote_types(
-            torch.promote_types(pred_tokens.dtype, target_tokens.dtype), torch.float32
-        )
-        with torch.autocast(device_type=device.type, enabled=False):
+        dtype = loss_dtype(pred_tokens, target_tokens)
+        with autocast_disabled(device.type):
             query = F.normalize(pred_tokens.reshape(batch * tokens, dim).to(dtype), dim=-1)
             key = F.normalize(target_tokens.reshape(batch * tokens, dim).to(dtype), dim=-1)
             if valid is None:
