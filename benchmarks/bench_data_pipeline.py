@@ -66,6 +66,7 @@ from steps import Batches, build_model, load_config
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import AutoTokenizer
 
+from jepa_lightning.allocator import keep_freed_memory
 from jepa_lightning.assets import resolve_tokenizer
 from jepa_lightning.data import WebDataModule
 from jepa_lightning.data.collate import PairCollator
@@ -307,6 +308,7 @@ def main() -> None:
     if args.smoke:
         args.samples, args.processes, args.repeats, args.wait_steps = 2 * BATCH_SIZE, 1, 1, 6
     common.setup(args)
+    keep_freed_memory()  # as jepa_lightning's Trainer does, for every side alike
     if args.timings_of:
         samples, times = side_timings(args.timings_of, args.repeats)
         print(json.dumps({"samples": samples, "timings": times}))

@@ -41,6 +41,7 @@ import common
 from lightning.pytorch import Callback, LightningModule, Trainer
 from steps import Batches, build_model, load_config
 
+from jepa_lightning.allocator import keep_freed_memory
 from jepa_lightning.data import WebDataModule
 from jepa_lightning.tools.feature_cache import write_feature_cache
 from jepa_lightning.tools.shapes import ShapesSpec, write_shapes_shards
@@ -165,6 +166,7 @@ def main() -> None:
     if args.smoke:
         args.samples, args.repeats, args.cases, batch_size = 32, 1, ["default"], 8
     common.setup(args)
+    keep_freed_memory()  # as jepa_lightning's Trainer does, for every side alike
     precision = str(resolve_precision(config["trainer"].get("precision"), "cpu") or "32-true")
     section = config["model"]
     vitl = copy.deepcopy(section)

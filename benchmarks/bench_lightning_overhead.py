@@ -34,6 +34,7 @@ import copy
 import common
 from steps import build_model, lightning_run, load_config, make_batches, plain_run
 
+from jepa_lightning.allocator import keep_freed_memory
 from jepa_lightning.trainer import resolve_precision
 
 GOAL = 1.03
@@ -49,6 +50,7 @@ def main() -> None:
     if args.smoke:
         args.steps, args.warmup, args.repeats, args.batch_size = 3, 1, 1, 8
     common.setup(args)
+    keep_freed_memory()  # as jepa_lightning's Trainer does, for every side alike
 
     config = load_config()
     precision = resolve_precision(args.precision or config["trainer"].get("precision"), "cpu")

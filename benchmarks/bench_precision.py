@@ -7,20 +7,24 @@ in no side; see ``steps.py``):
 * ``fp32 before``: ``32-true``, AdamW's per-parameter loop (``fused=False``), the attention
   kernel that PyTorch picks, the X-encoder's patch embedding as a strided convolution and its
   image normalisation in three passes, and the Y-encoder with BERT's dropout (0.1) and BERT's
-  whole vocabulary (30522 rows): the state before issue 14 (the code at 12ec1cf), the
-  baseline of every ratio;
+  whole vocabulary (30522 rows), in a process where ``malloc`` has glibc's defaults: the
+  state before issue 14 (the code at 12ec1cf), the baseline of every ratio;
 * ``bf16 before``: ``bf16-mixed`` with the same model, optimizer and kernels (the CPU
   flash-attention backward is slow in bfloat16);
 * ``fp32 after``: ``32-true``, the config as shipped (fused AdamW, no dropout, the vocabulary
-  trimmed to the shapes generator's words and every character: 2040 rows);
+  trimmed to the shapes generator's words and every character: 2040 rows) in a process set
+  up as the shipped ``Trainer`` sets it up (``allocator.keep_freed_memory``: ``malloc``
+  keeps the memory a step frees, instead of paging it in afresh every step);
 * ``bf16 after``: ``bf16-mixed``, the config as shipped, with the package's attention
   (``encoders.hf.CPU_BF16_TRAINING_SDPA``: in bfloat16 on the CPU where a backward follows
   or over at most 64 keys, attention as two bfloat16 matrix products around a float32
   softmax instead of the flash kernel); what ``precision: auto`` runs on a CPU with native
   bf16.
 
-Repeats alternate their order (A B C D, D C B A, ...); medians and spreads are reported, and
-each ratio against ``fp32 before`` is the median of the per-repeat ratios
+The two ``before`` sides run in a process of their own (spawned: a fresh interpreter, so
+``malloc`` keeps glibc's defaults there), the ``after`` sides in this one; one side runs at
+a time. Repeats alternate their order (A B C D, D C B A, ...); medians and spreads are
+reported, and each ratio against ``fp32 before`` is the median of the per-repeat ratios
 (``common.paired_ratios``: the runs of a repeat share the machine's momentary speed). The
 per-sample ratio is one of differences of medians (its two batches run in separate repeats).
 The first batch's loss under each precision is given too. Goal (issue 14): ``bf16 after`` at
@@ -39,9 +43,12 @@ Usage::
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
+import multiprocessing
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 from unittest import mock
 
@@ -54,7 +61,7 @@ from transformers import PretrainedConfig
 import jepa_lightning.encoders.text
 import jepa_lightning.encoders.vision
 import jepa_lightning.predictor
-from jepa_lightning.batch import Batch
+from jepa_lightning.allocator import keep_freed_memory
 from jepa_lightning.encoders import VisionEncoder
 from jepa_lightning.encoders.hf import CPU_BF16_TRAINING_SDPA
 from jepa_lightning.models import BatchForward
@@ -141,6 +148,64 @@ def with_optimizer(model: VLJEPA, init_args: dict[str, Any], fused: bool) -> VLJ
     return model
 
 
+class CodeVersion:
+    """The default model, its optimizer arguments and batches as of one version of the code.
+
+    Args:
+        after: The code as shipped (True) or as before issue 14.
+        args: The benchmark's arguments (``--steps``, ``--warmup``, ``--batch-size``,
+            ``--small-batch``).
+    """
+
+    def __init__(self, after: bool, args: argparse.Namespace) -> None:
+        config = load_config()
+        self.after = after
+        self.warmup = args.warmup
+        section = config["model"]
+        self.initial = build_model(section) if after else build_before_issue_14(section)
+        self.optimizer_args = dict(section["init_args"]["optimizer"].get("init_args", {}))
+        self.optimizer_args.pop("fused", None)
+        self.batch_size = args.batch_size or int(config["data"]["init_args"]["batch_size"])
+        # The same samples on both versions, tokenized by each version's tokenizer.
+        self.batches = {
+            self.batch_size: make_batches(self.initial, args.steps, self.batch_size),
+            args.small_batch: make_batches(self.initial, args.steps, args.small_batch),
+        }
+        self.vocabulary = int(self.initial.model.text_encoder.model.config.vocab_size)
+
+    def run(self, precision: str, batch_size: int) -> common.Timing:
+        """Time per step of ``Trainer.fit`` in ``precision`` over the batches of ``batch_size``."""
+        model = with_optimizer(copy.deepcopy(self.initial), self.optimizer_args, self.after)
+        with step_code(self.after):
+            return lightning_run(model, self.batches[batch_size], self.warmup, precision)
+
+
+# The code before issue 14 in its own process (``start_before``): there ``malloc`` has
+# glibc's defaults, as it had before; the shipped ``Trainer`` sets it up in its process
+# (``allocator.keep_freed_memory``), and so does ``main`` for the shipped sides.
+_before: CodeVersion | None = None
+
+
+def start_before(args: argparse.Namespace) -> None:
+    """Builds the code version before issue 14 in this (spawned) process."""
+    global _before
+    common.setup(args)
+    _before = CodeVersion(after=False, args=args)
+    common.freeze_heap()
+
+
+def run_before(precision: str, batch_size: int) -> common.Timing:
+    """:meth:`CodeVersion.run` of the version :func:`start_before` built."""
+    assert _before is not None, "start_before first"
+    return _before.run(precision, batch_size)
+
+
+def before_vocabulary() -> int:
+    """The Y-encoder's vocabulary size of the version :func:`start_before` built."""
+    assert _before is not None, "start_before first"
+    return _before.vocabulary
+
+
 def main() -> None:
     parser = common.parser(__doc__.split("\n", 1)[0], repeats=15)
     parser.add_argument("--steps", type=int, default=12, help="steps per repeat")
@@ -151,58 +216,39 @@ def main() -> None:
     if args.smoke:
         args.steps, args.warmup, args.repeats, args.batch_size, args.small_batch = 3, 1, 1, 8, 2
     common.setup(args)
+    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: glibc's defaults
+    with ProcessPoolExecutor(1, spawn, initializer=start_before, initargs=(args,)) as before:
+        vocabulary = {False: before.submit(before_vocabulary).result()}
+        keep_freed_memory()  # as the shipped Trainer does
+        shipped = CodeVersion(after=True, args=args)
+        vocabulary[True] = shipped.vocabulary
+        batch_size = shipped.batch_size
 
-    config = load_config()
-    initial = {
-        True: build_model(config["model"]),
-        False: build_before_issue_14(config["model"]),
-    }
-    optimizer_args = dict(config["model"]["init_args"]["optimizer"].get("init_args", {}))
-    optimizer_args.pop("fused", None)
-    batch_size = args.batch_size or int(config["data"]["init_args"]["batch_size"])
-    # The same samples, tokenized by each side's tokenizer.
-    batches = {
-        after: make_batches(model, args.steps, batch_size) for after, model in initial.items()
-    }
-    small_batches = {
-        after: make_batches(model, args.steps, args.small_batch) for after, model in initial.items()
-    }
+        model = shipped.initial.eval()  # the first batch's loss, without dropout's noise
+        with torch.no_grad():
+            first = shipped.batches[batch_size][0]
+            losses = {"32-true": model.compute_losses(BatchForward(model.model, first))}
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                losses["bf16-mixed"] = model.compute_losses(BatchForward(model.model, first))
+        first_loss = {name: value["loss"].item() for name, value in losses.items()}
 
-    shipped = initial[True].eval()  # the first batch's loss, without dropout's noise
-    with torch.no_grad():
-        first = batches[True][0]
-        losses = {"32-true": shipped.compute_losses(BatchForward(shipped.model, first))}
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            losses["bf16-mixed"] = shipped.compute_losses(BatchForward(shipped.model, first))
-    first_loss = {name: value["loss"].item() for name, value in losses.items()}
+        def run(name: str, batch: int) -> Callable[[], common.Timing]:
+            precision, after = SIDES[name]
+            if after:
+                return lambda: shipped.run(precision, batch)
+            return lambda: before.submit(run_before, precision, batch).result()
 
-    def run(
-        precision: str, after: bool, on: dict[bool, list[Batch]]
-    ) -> Callable[[], common.Timing]:
-        def side() -> common.Timing:
-            model = with_optimizer(copy.deepcopy(initial[after]), optimizer_args, fused=after)
-            with step_code(after):
-                return lightning_run(model, on[after], args.warmup, precision)
-
-        return side
-
-    times = common.interleave(
-        {name: run(*side, batches) for name, side in SIDES.items()}, args.repeats
-    )
+        times = common.interleave({name: run(name, batch_size) for name in SIDES}, args.repeats)
+        small_sides = ("fp32 before", "bf16 after")
+        small_times = common.interleave(
+            {name: run(name, args.small_batch) for name in small_sides}, args.repeats
+        )
     summary = {name: common.timing_stats(ts) for name, ts in times.items()}
-    small_sides = ("fp32 before", "bf16 after")
-    small_times = common.interleave(
-        {name: run(*SIDES[name], small_batches) for name in small_sides}, args.repeats
-    )
     small = {name: common.timing_stats(ts) for name, ts in small_times.items()}
     ratios = {name: common.paired_ratios(ts, times["fp32 before"]) for name, ts in times.items()}
     small_ratios = {
         name: common.paired_ratios(ts, small_times["fp32 before"])
         for name, ts in small_times.items()
-    }
-
-    vocabulary = {
-        after: model.model.text_encoder.model.config.vocab_size for after, model in initial.items()
     }
 
     def row(
@@ -217,6 +263,7 @@ def main() -> None:
             "fused" if after else "for-loop",
             "bf16 eager: backward, <= 64 keys" if after else "PyTorch's",
             "matmul, 1 pass" if after else "conv, 3 passes",
+            "keeps freed" if after else "glibc default",
             "0" if after else "0.1",
             str(vocabulary[after]),
             common.ms(wall["median"]),
@@ -268,6 +315,7 @@ def main() -> None:
             "AdamW",
             "attention",
             "X patches, normalisation",
+            "malloc",
             "Y dropout",
             "Y vocabulary",
             "ms/step",

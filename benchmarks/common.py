@@ -81,6 +81,18 @@ def timed(fn: Callable[[], Any]) -> Timing:
     return watch.stop()
 
 
+def freeze_heap() -> None:
+    """Takes every object alive now out of garbage collection (``gc.freeze``), once before
+    the first timed run of a process."""
+    # Everything alive now (libraries, models, inputs) leaves the collector's reach: a fresh
+    # process's first full collection walks the whole heap (a quarter of a second with
+    # lightning and transformers loaded) and would land inside whichever timed run first
+    # allocates enough. Once, not before every run: a collection just before a run of a few
+    # milliseconds would leave that run with cold caches.
+    gc.collect()
+    gc.freeze()
+
+
 def interleave(
     runs: dict[str, Callable[[], Timing]], repeats: int, verbose: bool = True
 ) -> dict[str, list[Timing]]:
@@ -96,13 +108,7 @@ def interleave(
     Returns:
         Side name → its timings, in run order.
     """
-    # Everything alive now (libraries, models, inputs) leaves the collector's reach: a fresh
-    # process's first full collection walks the whole heap (a quarter of a second with
-    # lightning and transformers loaded) and would land inside whichever timed run first
-    # allocates enough. Once here, not before every run: a collection just before a run of a
-    # few milliseconds would leave that run with cold caches.
-    gc.collect()
-    gc.freeze()
+    freeze_heap()
     names = list(runs)
     times: dict[str, list[Timing]] = {name: [] for name in names}
     for r in range(repeats):

@@ -8,6 +8,8 @@ import torch
 from lightning.fabric.connector import _PRECISION_INPUT
 from lightning.pytorch import Trainer as LightningTrainer
 
+from jepa_lightning.allocator import keep_freed_memory
+
 AUTO = "auto"
 
 PrecisionChoice = _PRECISION_INPUT | Literal["auto"]
@@ -56,7 +58,8 @@ class Trainer(LightningTrainer):
 
     ``"auto"`` trains in ``bf16-mixed`` where the device runs bfloat16 natively (a CUDA GPU
     with bf16 support; a CPU with AVX512-BF16 or AMX) and in ``32-true`` elsewhere. Every
-    other argument is Lightning's.
+    other argument is Lightning's. Building one also makes ``malloc`` keep the memory a step
+    frees for the next step (:func:`jepa_lightning.allocator.keep_freed_memory`).
 
     Args:
         precision: A Lightning precision value or ``"auto"``.
@@ -68,3 +71,4 @@ class Trainer(LightningTrainer):
         # An Accelerator instance is not assumed to run bf16 ("auto" gives 32-true there).
         name = accelerator.lower() if isinstance(accelerator, str) else "other"
         super().__init__(precision=resolve_precision(precision, name), **kwargs)
+        keep_freed_memory()
