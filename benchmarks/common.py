@@ -27,6 +27,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -54,23 +55,36 @@ FLAG_PREFIXES = ("avx2", "avx512", "amx", "fma")
 
 
 class Timing(NamedTuple):
-    """One measurement: wall-clock seconds and this process's CPU seconds."""
+    """One measurement: wall-clock seconds, this process's CPU seconds and its minor page
+    faults (memory it touched for the first time since the system handed it over)."""
 
     wall_s: float
     cpu_s: float
+    page_faults: float = 0.0
+
+
+def _page_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 class Stopwatch:
-    """Measures wall-clock and process CPU time between :meth:`start` and :meth:`stop`."""
+    """Measures wall-clock and process CPU time and page faults between :meth:`start` and
+    :meth:`stop`."""
 
     def __init__(self) -> None:
         self._wall = self._cpu = 0.0
+        self._faults = 0
 
     def start(self) -> None:
         self._wall, self._cpu = time.perf_counter(), time.process_time()
+        self._faults = _page_faults()
 
     def stop(self) -> Timing:
-        return Timing(time.perf_counter() - self._wall, time.process_time() - self._cpu)
+        return Timing(
+            time.perf_counter() - self._wall,
+            time.process_time() - self._cpu,
+            _page_faults() - self._faults,
+        )
 
 
 def timed(fn: Callable[[], Any]) -> Timing:
@@ -153,10 +167,11 @@ def paired_ratios(
 
 
 def timing_stats(timings: Sequence[Timing], scale: float = 1e3) -> dict[str, Any]:
-    """:func:`stats` of the wall and CPU times, in milliseconds by default."""
+    """:func:`stats` of the wall and CPU times (in milliseconds by default) and page faults."""
     return {
         "wall": stats([scale * t.wall_s for t in timings]),
         "cpu": stats([scale * t.cpu_s for t in timings]),
+        "page_faults": stats([t.page_faults for t in timings]),
         "wall_all": [scale * t.wall_s for t in timings],
     }
 

@@ -107,7 +107,7 @@ class StepTimer(Callback):
 
 def per_step(timing: Timing, steps: int) -> Timing:
     """A timing of ``steps`` steps, per step."""
-    return Timing(timing.wall_s / steps, timing.cpu_s / steps)
+    return Timing(timing.wall_s / steps, timing.cpu_s / steps, timing.page_faults / steps)
 
 
 def lightning_run(
