@@ -141,3 +141,53 @@ def test_batch_forward_of_a_padded_batch(model: VLJEPAModel, samples: list[Tenso
         torch.testing.assert_close(predicted, model.embed_inputs(padded(samples, 7, seed=7)))
         torch.testing.assert_close(target, model.embed_texts(captions))
     assert step.x is step.x  # computed once
+
+
+REPEATED = ["a red circle", "a blue square", "a red circle", "a red circle", "a blue square"]
+
+
+def per_row_embeddings(model: VLJEPAModel, ids: Tensor, mask: Tensor) -> Tensor:
+    """Every row encoded on its own: the reference of the shared encoding of repeats."""
+    return torch.cat([model.embed_text(ids[i : i + 1], mask[i : i + 1]) for i in range(len(ids))])
+
+
+def test_repeated_texts_are_encoded_once(model: VLJEPAModel) -> None:
+    tokens = model.text_encoder.tokenize(REPEATED)
+    ids, mask = tokens["input_ids"], tokens["attention_mask"]
+    encoded_rows: list[int] = []
+    model.text_encoder.register_forward_hook(
+        lambda module, args, output: encoded_rows.append(len(output.tokens))
+    )
+    with torch.no_grad():
+        embeddings = model.embed_text(ids, mask)
+    assert encoded_rows == [2]
+    assert embeddings.shape == (len(REPEATED), 16)
+    with torch.no_grad():
+        torch.testing.assert_close(embeddings, per_row_embeddings(model, ids, mask))
+
+
+def test_shared_encodings_give_the_gradients_of_encoding_every_row(model: VLJEPAModel) -> None:
+    # In eval mode: without dropout's random masks, both ways compute the same function.
+    tokens = model.text_encoder.tokenize(REPEATED)
+    ids, mask = tokens["input_ids"], tokens["attention_mask"]
+    weights = torch.randn(len(REPEATED), 16, generator=torch.Generator().manual_seed(2))
+    parameters = [p for p in model.text_encoder.parameters() if p.requires_grad]
+    parameters.append(model.text_projection.weight)
+
+    def gradients(embeddings: Tensor) -> list[Tensor]:
+        return list(torch.autograd.grad((weights * embeddings).sum(), parameters))
+
+    shared = gradients(model.embed_text(ids, mask))
+    separate = gradients(per_row_embeddings(model, ids, mask))
+    for got, expected in zip(shared, separate, strict=True):
+        torch.testing.assert_close(got, expected)
+
+
+def test_same_tokens_with_another_mask_are_another_text(model: VLJEPAModel) -> None:
+    tokens = model.text_encoder.tokenize(["a red circle", "a red circle"])
+    ids, mask = tokens["input_ids"], tokens["attention_mask"].clone()
+    mask[1, -1] = 0  # the second row's last real token is padding there
+    with torch.no_grad():
+        embeddings = model.embed_text(ids, mask)
+        torch.testing.assert_close(embeddings, per_row_embeddings(model, ids, mask))
+    assert not torch.allclose(embeddings[0], embeddings[1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import cached_property
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -88,6 +89,11 @@ class VLJEPAModel(nn.Module):
     def embed_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """``s``: masked-mean Y-encoder tokens, projected (not normalised).
 
+        Each distinct row is encoded once and its embedding shared by its repeats: texts
+        repeat within a batch (templated captions, short VQA answers), and the Y-encoder's
+        forward and backward are a large part of a step. The embeddings and gradients are
+        those of encoding every row (up to rounding); under dropout, repeats share a mask.
+
         Args:
             input_ids: ``(B, L)`` token ids.
             attention_mask: ``(B, L)`` mask of real tokens.
@@ -95,6 +101,15 @@ class VLJEPAModel(nn.Module):
         Returns:
             ``(B, embed_dim)`` embeddings.
         """
+        rows = torch.cat([input_ids, attention_mask.to(input_ids.dtype)], dim=1)
+        distinct, row_of = torch.unique(rows, dim=0, return_inverse=True)
+        if len(distinct) == len(rows):
+            return self._embed_rows(input_ids, attention_mask)
+        length = input_ids.shape[1]
+        mask = distinct[:, length:].to(attention_mask.dtype)
+        return self._embed_rows(distinct[:, :length], mask)[row_of]
+
+    def _embed_rows(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         tokens, mask = self.text_encoder({"input_ids": input_ids, "attention_mask": attention_mask})
         return self.text_projection(masked_mean(tokens, mask))
 
