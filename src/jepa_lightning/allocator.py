@@ -37,10 +37,11 @@ def keep_freed_memory(
 
     A CPU training step allocates and frees tens of MB of activations. With glibc's default
     rule, freeing them shrinks the heap back to the system, and the next step touches every
-    page of it afresh: one page fault per 4 KiB, about 5500 a step in the default config,
-    ~8% of a bf16 step on the CPU. Keeping up to ``trim_threshold`` bytes free at the top of
-    the heap (and serving blocks up to ``mmap_threshold`` from the heap) takes that to a few
-    faults a step; the peak memory is the same, it is just not handed back between steps.
+    page of it afresh: one page fault per 4 KiB, thousands a step in the default config (the
+    ``page faults/step`` column of ``benchmarks/RESULTS.md``, "precision"). Keeping up to
+    ``trim_threshold`` bytes free at the top of the heap (and serving blocks up to
+    ``mmap_threshold`` from the heap) takes that to a few faults a step; the peak memory is
+    the same, it is just not handed back between steps.
 
     The setting is the process's: :class:`jepa_lightning.trainer.Trainer` applies it when
     it is built. It is left alone where it does not apply or was chosen already: on a C
