@@ -10,6 +10,8 @@ from jepa_lightning.allocator import MMAP_THRESHOLD, keep_freed_memory
 from jepa_lightning.trainer import Trainer
 
 GLIBC = allocator._glibc() is not None
+# The environment variables through which a user sets glibc's malloc thresholds.
+USER_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")
 
 # A step's pattern in a fresh interpreter: 128 MiB of blocks allocated, touched and freed,
 # twice. Prints the MiB the process kept after the first round and the page faults of the
@@ -51,17 +53,13 @@ def libc(monkeypatch) -> FakeLibc:
     """A recording stand-in for glibc, with none of glibc's settings in the environment."""
     fake = FakeLibc()
     monkeypatch.setattr(allocator, "_glibc", lambda: fake)
-    for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES"):
+    for name in USER_SETTINGS:
         monkeypatch.delenv(name, raising=False)
     return fake
 
 
 def run_steps(mode: str) -> tuple[int, int]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")
-    }
+    env = {k: v for k, v in os.environ.items() if k not in USER_SETTINGS}
     done = subprocess.run(
         [sys.executable, "-c", STEPS, mode],
         capture_output=True,
